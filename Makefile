@@ -1,0 +1,29 @@
+# make demo: create .venv, install, run the tiny default end to end.  make test: the default suite.
+PYTHON ?= python3
+VENV ?= .venv
+PY := $(VENV)/bin/python
+PYTEST := $(PY) -m pytest -q -p no:cacheprovider
+
+.PHONY: install demo test test-slow bench clean
+
+$(VENV)/.installed: setup.cfg pyproject.toml
+	$(PYTHON) -m venv $(VENV)
+	$(PY) -m pip install -q -e '.[test]'
+	touch $@
+
+install: $(VENV)/.installed
+
+demo: install
+	$(PY) train.py --config configs/tiny.py --workdir runs/tiny
+
+test: install
+	$(PYTEST) tests
+
+test-slow: install
+	$(PYTEST) -m "" tests
+
+bench: install
+	$(PY) bench/generator.py --size 256 --batch 2
+
+clean:
+	rm -rf $(VENV) runs
