@@ -1,0 +1,143 @@
+"""FFCLIP release/training checkpoint (`{'state_dict': {'module.att_mapper.*', 'module.generator.*'}, 'opts'}`, an
+`EditModel` saved from DDP; keys without `module.` are accepted too) -> ffclip-jax directories:
+DIR (model 'ffclip_mapper', `ffclip_jax.mapper.DynamicMapper`) and DIR/generator (model 'stylegan2').
+
+Upstream keeps the generator's latent_avg as a plain attribute, so the file usually lacks it: then it is taken from
+`--latent-avg-from` (a converted stylegan2 directory or a rosinality checkpoint with 'latent_avg'), or zeros with a
+warning.
+"""
+from __future__ import annotations
+
+import os
+import re
+from typing import Dict, Mapping, Optional, Tuple
+
+import numpy as np
+
+from convert_weights import common
+from convert_weights import stylegan2 as stylegan2_converter
+from convert_weights.mapping import Rule, convert, linear
+from ffclip_jax.errors import CheckpointError, ConversionError
+
+NAME = "ffclip"
+MODEL = "ffclip_mapper"
+HELP = "FFCLIP checkpoint (semantic modulation mapper + its StyleGAN2 generator) -> Flax"
+
+
+def _torch_tensor(a: np.ndarray) -> np.ndarray:
+    """Linear weights (out, in) -> (in, out); LayerNorm weights and biases (1-D) unchanged."""
+    return linear(a) if a.ndim == 2 else a
+
+
+RULES = [
+    Rule(r"att_mapper\.\d+\.(attention_layer\.)?[qkv]_matrix\.weight", linear),
+    Rule(r"att_mapper\.(\d+)\.(gamma_|beta_)\.(\d)\.(weight|bias)", _torch_tensor,
+         target=r"params/att_mapper_\1/\2/layers_\3/\4"),
+]
+# Upstream's att_module.fc is created but never used in forward.
+IGNORE = [r"att_mapper\.\d+\.fc\.(weight|bias)"]
+
+
+def split_state_dict(sd: Mapping[str, np.ndarray], source: str) -> Tuple[Dict[str, np.ndarray], Dict[str, np.ndarray]]:
+    """EditModel state dict (optionally DDP-prefixed `module.`) -> (Dynamic_mapper state dict with 'att_mapper.{i}.*'
+    keys, generator state dict)."""
+    mapper, generator, other = {}, {}, []
+    for key, value in sd.items():
+        k = key[len("module."):] if key.startswith("module.") else key
+        if k.startswith("att_mapper."):
+            mapper[k[len("att_mapper."):]] = value
+        elif k.startswith("generator."):
+            generator[k[len("generator."):]] = value
+        else:
+            other.append(key)
+    if other:
+        raise ConversionError(f"{source}: unexpected keys outside att_mapper/generator: {', '.join(sorted(other)[:5])}")
+    if not mapper:
+        raise ConversionError(f"{source}: no 'module.att_mapper.*' keys; expected an FFCLIP EditModel state dict")
+    return mapper, generator
+
+
+def infer_config(sd: Mapping[str, np.ndarray], source: str) -> Dict[str, int]:
+    """n_latent, style_dim and num_blocks read off a Dynamic_mapper state dict."""
+    k_key, q_key = "att_mapper.0.attention_layer.k_matrix.weight", "att_mapper.0.q_matrix.weight"
+    for key in (k_key, q_key):
+        if key not in sd:
+            raise ConversionError(f"{source}: missing {key}; not an FFCLIP Dynamic_mapper state dict")
+    blocks = {int(m.group(1)) for k in sd if (m := re.match(r"att_mapper\.(\d+)\.", k))}
+    return dict(n_latent=int(sd[k_key].shape[0]), style_dim=int(sd[q_key].shape[0]), num_blocks=len(blocks))
+
+
+def convert_mapper(sd: Mapping[str, np.ndarray], *, source: str = "checkpoint", dtype=np.float32):
+    """Dynamic_mapper state dict ('att_mapper.{i}.*') -> (config, variables) for `DynamicMapper`."""
+    import jax
+    import jax.numpy as jnp
+    from ffclip_jax.mapper import DynamicMapper
+
+    config = infer_config(sd, source)
+    mapper = DynamicMapper(**config)
+    w = jnp.zeros((1, config["n_latent"], config["style_dim"]))
+    expected = jax.eval_shape(lambda: mapper.init(jax.random.PRNGKey(0), w, w[:, :1]))
+    return config, convert(sd, RULES, expected, ignore=IGNORE, source=source, dtype=dtype)
+
+
+def read_latent_avg(path: str) -> np.ndarray:
+    """latent_avg (style_dim,) from a converted stylegan2 directory or a checkpoint file holding 'latent_avg'."""
+    from ffclip_jax import pretrained
+
+    if os.path.isdir(path):
+        meta = pretrained.read_meta(path)
+        if meta["model"] != "stylegan2":
+            raise CheckpointError(f"{path}: --latent-avg-from needs a stylegan2 directory, this holds {meta['model']}")
+        latent_avg = pretrained.restore_variables(os.path.join(path, pretrained.VARIABLES_DIR))["buffers"]["latent_avg"]
+    else:
+        ckpt = common.load_dict(path)
+        if "latent_avg" not in ckpt:
+            raise CheckpointError(f"{path}: no 'latent_avg' entry for --latent-avg-from")
+        latent_avg = ckpt["latent_avg"]
+    return np.asarray(latent_avg, np.float32)
+
+
+def add_arguments(parser) -> None:
+    parser.add_argument("--latent-avg-from", metavar="PATH",
+                        help="take the generator's latent_avg from a converted stylegan2 directory or a StyleGAN2 "
+                             "checkpoint (FFCLIP files do not store it; default: zeros with a warning)")
+
+
+def run(args) -> None:
+    from ffclip_jax import pretrained
+
+    ckpt = common.load_dict(args.input)
+    common.refuse_other_kinds(ckpt, NAME, args.input)
+    if "state_dict" not in ckpt:
+        found = ", ".join(sorted(k for k in ckpt if isinstance(k, str))[:8])
+        raise ConversionError(f"{args.input}: no 'state_dict' entry (found: {found}); expected an FFCLIP checkpoint")
+    source = f"{args.input}[state_dict]"
+    mapper_sd, generator_sd = split_state_dict(common.state_dict(ckpt["state_dict"], source), source)
+    config, variables = convert_mapper(mapper_sd, source=f"{source}[att_mapper]")
+
+    generator = None
+    if generator_sd:
+        latent_avg: Optional[np.ndarray] = ckpt.get("latent_avg")
+        if args.latent_avg_from:
+            latent_avg = read_latent_avg(args.latent_avg_from)
+        gen_config, gen_variables = stylegan2_converter.convert_state_dict(
+            generator_sd, latent_avg, source=f"{source}[generator]")
+        gen_n_latent = 2 * int(np.log2(gen_config["size"])) - 2
+        if gen_n_latent != config["n_latent"]:
+            raise ConversionError(f"{args.input}: the mapper expects n_latent {config['n_latent']} but the "
+                                  f"{gen_config['size']}px generator has {gen_n_latent} latents")
+        generator = (gen_config, gen_variables)
+    else:
+        print(f"warning: {args.input} holds no generator (module.generator.*); writing the mapper only")
+
+    extra = {"source": str(args.input)}
+    with pretrained.atomic_output_dir(args.output, args.force) as tmp:
+        pretrained.write_model_dir(tmp, MODEL, config, variables, extra=extra)
+        if generator is not None:
+            os.makedirs(os.path.join(tmp, "generator"))
+            pretrained.write_model_dir(os.path.join(tmp, "generator"), stylegan2_converter.NAME, *generator,
+                                       extra=extra)
+    wrote = f"{MODEL} (n_latent {config['n_latent']})"
+    if generator is not None:
+        wrote += f" and generator/ (size {generator[0]['size']})"
+    print(f"wrote {wrote} to {args.output}")

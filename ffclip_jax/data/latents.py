@@ -1,0 +1,135 @@
+"""Latent sources for the `ffclip_latents` dataset: validated .npy files of inverted w+ and synthetic w+.
+
+Both give arrays (N, n_latent, style_dim) (float, possibly memory-mapped or a broadcast view) that the TFDS
+builder writes example by example. Nothing here writes files.
+"""
+from __future__ import annotations
+
+import dataclasses
+import functools
+import os
+from typing import Optional
+
+import jax
+import jax.numpy as jnp
+import numpy as np
+from tqdm.auto import tqdm
+
+from ffclip_jax.errors import ConfigError, InputError
+
+
+@dataclasses.dataclass(frozen=True)
+class Domain:
+    """A dataset config: the generator's default n_latent (None: any) and the built-in prompt list."""
+    n_latent: Optional[int]
+    prompts: Optional[str]
+    description: str
+
+
+DOMAINS = {
+    "ffhq": Domain(18, "ffhq", "FFHQ / CelebA-HQ faces: e4e latents of a 1024px generator (18 x 512)."),
+    "car": Domain(16, "car", "Stanford Cars: e4e latents of a 512px generator (16 x 512)."),
+    "church": Domain(14, "church", "LSUN churches: e4e latents of a 256px generator (14 x 512)."),
+    "custom": Domain(None, None, "Any generator: latents (n_latent x style_dim) of the user's choice."),
+}
+STYLE_DIM = 512
+CHECK_CHUNK = 4096  # latents per NaN/inf check step (bounded memory on memory-mapped files)
+
+
+@dataclasses.dataclass(frozen=True)
+class Expected:
+    """What the latents must look like; `why` names where the expectation came from (for error messages)."""
+    n_latent: Optional[int]
+    style_dim: Optional[int]
+    why: str
+
+
+def expected_shape(domain: str, *, n_latent: Optional[int] = None, generator=None,
+                   generator_dir: Optional[str] = None) -> Expected:
+    """Expected (n_latent, style_dim): an explicit n_latent, else the generator's, else the domain default."""
+    if domain not in DOMAINS:
+        raise ConfigError(f"unknown domain {domain!r}; expected one of {', '.join(DOMAINS)}")
+    style_dim = generator.style_dim if generator is not None else (None if domain == "custom" else STYLE_DIM)
+    if n_latent is not None:
+        return Expected(int(n_latent), style_dim, f"--n-latent {n_latent}")
+    if generator is not None:
+        return Expected(generator.n_latent, style_dim, f"generator {generator_dir} (size {generator.size})")
+    return Expected(DOMAINS[domain].n_latent, style_dim, f"domain {domain}")
+
+
+def load_latents(path: str, expected: Expected) -> np.ndarray:
+    """Open and validate a .npy of w+ latents (N, n_latent, style_dim) without loading it whole (memory map).
+
+    Checks, before anything is written: readable .npy, rank 3, float dtype, non-empty, n_latent and style_dim as
+    `expected`, no NaN/inf. Each failure is a one-line InputError naming the file.
+    """
+    path = os.fspath(path)
+    if not os.path.isfile(path):
+        raise InputError(f"{path}: no such latents file")
+    try:
+        arr = np.load(path, mmap_mode="r", allow_pickle=False)
+    except (OSError, ValueError) as e:
+        raise InputError(f"{path}: not a readable .npy array ({str(e).splitlines()[0]})") from None
+    if not isinstance(arr, np.ndarray):
+        raise InputError(f"{path}: holds several arrays ({type(arr).__name__}); expected one .npy array")
+    if arr.ndim != 3:
+        raise InputError(f"{path}: latents must have rank 3 (N, n_latent, style_dim), got shape {arr.shape}")
+    if not np.issubdtype(arr.dtype, np.floating):
+        raise InputError(f"{path}: latents must be floating point, got dtype {arr.dtype}")
+    if arr.shape[0] == 0:
+        raise InputError(f"{path}: empty (shape {arr.shape}); expected at least one latent")
+    if expected.n_latent is not None and arr.shape[1] != expected.n_latent:
+        raise InputError(f"{path}: n_latent {arr.shape[1]} (shape {arr.shape}) does not match {expected.n_latent} "
+                         f"expected by {expected.why}")
+    if expected.style_dim is not None and arr.shape[2] != expected.style_dim:
+        raise InputError(f"{path}: style dimension {arr.shape[2]} (shape {arr.shape}) does not match "
+                         f"{expected.style_dim} expected by {expected.why}")
+    for start in tqdm(range(0, arr.shape[0], CHECK_CHUNK), desc=f"checking {os.path.basename(path)}",
+                      unit="chunk", leave=False, disable=arr.shape[0] <= CHECK_CHUNK):
+        finite = np.isfinite(arr[start:start + CHECK_CHUNK]).all(axis=(1, 2))
+        if not finite.all():
+            raise InputError(f"{path}: latent {start + int(np.argmin(finite))} contains NaN or inf")
+    return arr
+
+
+def load_generator(generator_dir: str):
+    """(module, variables) of a converted StyleGAN2 directory; a one-line error for any other model."""
+    from ffclip_jax import pretrained
+
+    meta = pretrained.read_meta(generator_dir)
+    if meta["model"] != "stylegan2":
+        raise ConfigError(f"{generator_dir}: holds a {meta['model']!r} model, expected a converted stylegan2 "
+                          f"generator (`python -m convert_weights stylegan2 ...`)")
+    return pretrained.load(generator_dir)
+
+
+@functools.partial(jax.jit, static_argnames=("module",))
+def _mapped_w(module, variables, key, indices, truncation):
+    """w (n, style_dim) of z_i = N(0, I) drawn from fold_in(key, i), truncated toward latent_avg when t < 1."""
+    z = jax.vmap(lambda i: jax.random.normal(jax.random.fold_in(key, i), (module.style_dim,), jnp.float32))(indices)
+    w = module.apply(variables, z, method=module.mapping)
+    avg = variables["buffers"]["latent_avg"]
+    return jnp.where(truncation < 1.0, avg + truncation * (w - avg), w)
+
+
+def synthetic_latents(module, variables, num: int, *, seed: int, stream: int, truncation: float = 1.0,
+                      chunk: int = 1024, desc: str = "mapping z") -> np.ndarray:
+    """w+ of `num` mapped z ~ N(0, I): a read-only view (num, n_latent, style_dim) of (num, style_dim) w.
+
+    z_i depends only on (seed, stream, i) (stream separates the splits), so the result does not depend on `chunk`.
+    With truncation t < 1, w = latent_avg + t * (w - latent_avg) (the generator's `latent_avg` buffer).
+    """
+    if num <= 0:
+        raise ConfigError(f"number of synthetic latents must be positive, got {num}")
+    if not 0.0 <= truncation <= 1.0:
+        raise ConfigError(f"truncation must be in [0, 1], got {truncation}")
+    key = jax.random.fold_in(jax.random.key(seed), stream)
+    chunk = min(chunk, num)
+    w = np.empty((num, module.style_dim), np.float32)
+    for start in tqdm(range(0, num, chunk), desc=desc, unit="chunk"):
+        indices = np.arange(start, start + chunk, dtype=np.uint32)  # the last chunk is padded: one compilation
+        n = min(chunk, num - start)
+        w[start:start + n] = np.asarray(_mapped_w(module, variables, key, indices, np.float32(truncation)))[:n]
+    if not np.isfinite(w).all():
+        raise InputError("synthetic latents contain NaN or inf (generator weights broken?)")
+    return np.broadcast_to(w[:, None, :], (num, module.n_latent, module.style_dim))

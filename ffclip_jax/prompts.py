@@ -1,0 +1,46 @@
+"""Prompt lists: built-in per-domain lists (package data `ffclip_jax/prompts/<name>.txt`) or a user file.
+
+A list file has one prompt per line; blank lines and lines starting with `#` are skipped. Duplicates are kept:
+training draws an entry uniformly, so a repeated prompt weighs more (upstream's FFHQ list relies on this).
+
+    prompts = load_prompts("ffhq")             # the official FFCLIP 53-entry list
+    prompts = load_prompts("my_prompts.txt")   # any file
+"""
+from __future__ import annotations
+
+import os
+from typing import List
+
+from ffclip_jax.errors import InputError
+
+PROMPTS_DIR = os.path.join(os.path.dirname(os.path.abspath(__file__)), "prompts")
+BUILTIN = ("ffhq", "car", "church")
+
+
+def prompt_file(name_or_path: str) -> str:
+    """The file behind a built-in name or a user path."""
+    if name_or_path in BUILTIN:
+        return os.path.join(PROMPTS_DIR, f"{name_or_path}.txt")
+    if not os.path.isfile(name_or_path):
+        raise InputError(f"{name_or_path}: no such prompt file and not a built-in prompt list "
+                         f"({', '.join(BUILTIN)})")
+    return name_or_path
+
+
+def parse_prompts(text: str) -> List[str]:
+    """One prompt per line; blank lines and `#` comment lines skipped; order and duplicates kept."""
+    lines = (line.strip() for line in text.splitlines())
+    return [line for line in lines if line and not line.startswith("#")]
+
+
+def load_prompts(name_or_path: str) -> List[str]:
+    """The prompt list named `ffhq`, `car`, `church`, or read from a file; a one-line InputError if none."""
+    path = prompt_file(os.fspath(name_or_path))
+    try:
+        with open(path, encoding="utf-8") as f:
+            prompts = parse_prompts(f.read())
+    except (OSError, UnicodeDecodeError) as e:
+        raise InputError(f"{path}: unreadable prompt file ({e})") from None
+    if not prompts:
+        raise InputError(f"{path}: no prompts (expected one prompt per line; '#' starts a comment line)")
+    return prompts
