@@ -11,7 +11,7 @@ from __future__ import annotations
 
 import dataclasses
 import re
-from typing import Callable, Dict, Iterable, Mapping, Optional, Sequence, Tuple
+from typing import Callable, Dict, Iterable, Mapping, Optional, Sequence, Tuple, Union
 
 import numpy as np
 
@@ -47,6 +47,15 @@ def nchw(a: np.ndarray) -> np.ndarray:
     return a.transpose(0, 2, 3, 1)
 
 
+def split(parts: int, then: Transform = identity, axis: int = 0) -> Transform:
+    """One tensor -> a tuple of `parts` equal chunks along `axis`, each through `then`; for a Rule with as many
+    targets (e.g. a fused q/k/v projection `in_proj_weight` -> q, k, v kernels: `split(3, linear)`)."""
+    def f(a: np.ndarray) -> Tuple[np.ndarray, ...]:
+        return tuple(then(c) for c in np.split(a, parts, axis=axis))
+    f.__name__ = f"split{parts}_{then.__name__}"
+    return f
+
+
 def reshape(*shape: int) -> Transform:
     def f(a: np.ndarray) -> np.ndarray:
         return a.reshape(shape)
@@ -63,14 +72,18 @@ def flax_path(key: str, collection: str = "params") -> str:
 @dataclasses.dataclass(frozen=True)
 class Rule:
     """Map source keys matching `pattern` (full match) through `transform` to `target` (a re.sub template over the
-    match; None derives it from the key with `flax_path(key, collection)`)."""
+    match; None derives it from the key with `flax_path(key, collection)`). `target` may be a tuple of templates:
+    then `transform` returns a tuple of as many arrays (see `split`), one per target."""
     pattern: str
     transform: Transform = identity
-    target: Optional[str] = None
+    target: Optional[Union[str, Tuple[str, ...]]] = None
     collection: str = "params"
 
     def target_for(self, m: "re.Match[str]") -> str:
         return flax_path(m.string, self.collection) if self.target is None else m.expand(self.target)
+
+    def targets_for(self, m: "re.Match[str]") -> Tuple[str, ...]:
+        return tuple(m.expand(t) for t in self.target) if isinstance(self.target, tuple) else (self.target_for(m),)
 
 
 def _flatten(tree, prefix=()) -> Dict[Tuple[str, ...], object]:
@@ -117,21 +130,23 @@ def convert(state_dict: Mapping[str, np.ndarray], rules: Sequence[Rule], expecte
             ambiguous.append(key)
             continue
         m, rule = hits[0]
-        target = rule.target_for(m)
-        if target not in want:
-            unknown_target.append(f"{key} -> {target}")
+        targets = rule.targets_for(m)
+        if any(t not in want for t in targets):
+            unknown_target.append(f"{key} -> {', '.join(t for t in targets if t not in want)}")
             continue
-        if target in out:
-            duplicate.append(f"{key} -> {target}")
+        if any(t in out for t in targets):
+            duplicate.append(f"{key} -> {', '.join(t for t in targets if t in out)}")
             continue
-        arr = np.asarray(rule.transform(np.asarray(value)))
-        if np.issubdtype(arr.dtype, np.floating) or arr.dtype.name == "bfloat16":
-            arr = arr.astype(dtype)
-        exp_shape = tuple(want[target].shape)
-        if arr.shape != exp_shape:
-            shapes.append(f"{key} {tuple(np.shape(value))} -> {target} {arr.shape}, expected {exp_shape}")
-            continue
-        out[target] = np.ascontiguousarray(arr)
+        arrays = rule.transform(np.asarray(value))
+        for target, arr in zip(targets, arrays if len(targets) > 1 else (arrays,), strict=True):
+            arr = np.asarray(arr)
+            if np.issubdtype(arr.dtype, np.floating) or arr.dtype.name == "bfloat16":
+                arr = arr.astype(dtype)
+            exp_shape = tuple(want[target].shape)
+            if arr.shape != exp_shape:
+                shapes.append(f"{key} {tuple(np.shape(value))} -> {target} {arr.shape}, expected {exp_shape}")
+                continue
+            out[target] = np.asarray(arr, order="C")  # (ascontiguousarray would make scalars 1-d)
     problems = []
     if unmatched:
         problems.append(f"unexpected keys in {source}: {_first(unmatched)}")

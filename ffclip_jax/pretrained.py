@@ -91,13 +91,18 @@ def _to_numpy_tree(tree):
     return np.asarray(tree)
 
 
-def write_model_dir(directory: str, model: str, config: Dict[str, Any], variables, *,
-                    extra: Optional[Dict[str, Any]] = None) -> None:
-    """Write model.json and variables/ into `directory` (which must exist; see `atomic_output_dir`)."""
+def write_meta(directory: str, model: str, config: Dict[str, Any], extra: Optional[Dict[str, Any]] = None) -> None:
+    """Write model.json (which model, its config, extra facts such as the source file) into `directory`."""
     meta = {"format": FORMAT, "format_version": FORMAT_VERSION, "model": model, "config": config,
             "extra": extra or {}}
     with open(os.path.join(directory, META_FILE), "w") as f:
         json.dump(meta, f, indent=2, sort_keys=True)
+
+
+def write_model_dir(directory: str, model: str, config: Dict[str, Any], variables, *,
+                    extra: Optional[Dict[str, Any]] = None) -> None:
+    """Write model.json and variables/ into `directory` (which must exist; see `atomic_output_dir`)."""
+    write_meta(directory, model, config, extra)
     save_variables(os.path.join(directory, VARIABLES_DIR), variables)
 
 

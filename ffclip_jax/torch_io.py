@@ -76,7 +76,7 @@ class _RestrictedUnpickler(pickle.Unpickler):
             return argparse.Namespace
         raise CheckpointError(
             f"{self._path}: refusing to unpickle {module}.{name}: only tensors, dicts and argparse.Namespace are "
-            f"loaded from checkpoints (untrusted pickles are never executed)")
+            f"loaded from checkpoints (untrusted pickles are never executed){_resave_hint(module)}")
 
     def persistent_load(self, pid):
         if not (isinstance(pid, tuple) and pid and pid[0] == "storage"):
@@ -140,6 +140,13 @@ def _to_numpy(obj):
     return obj
 
 
+def _resave_hint(what: str) -> str:
+    if "omegaconf" not in what:
+        return ""
+    return ("; the file stores an OmegaConf config object: if you trust the file, keep only its tensors with "
+            "`torch.save({'state_dict': torch.load(F, weights_only=False)['state_dict']}, F2)` and convert F2")
+
+
 def _load_with_torch(path: str) -> Any:
     import torch
 
@@ -149,8 +156,9 @@ def _load_with_torch(path: str) -> Any:
     except pickle.UnpicklingError as e:
         first = str(e).strip().splitlines()
         why = next((ln for ln in first if "GLOBAL" in ln or "Unsupported" in ln), first[0] if first else "")
-        raise CheckpointError(f"{path}: refusing to load an untrusted pickle ({why.strip()})") from None
-    except (RuntimeError, EOFError, ValueError, OSError, zipfile.BadZipFile) as e:
+        raise CheckpointError(f"{path}: refusing to load an untrusted pickle ({why.strip()}){_resave_hint(why)}") \
+            from None
+    except Exception as e:  # torch raises many types on random bytes (RuntimeError, IndexError, KeyError, ...)
         msg = str(e).strip().splitlines()[0] if str(e).strip() else type(e).__name__
         raise CheckpointError(f"{path}: unreadable checkpoint (truncated, corrupt or not a PyTorch file): {msg}") \
             from None
@@ -188,4 +196,60 @@ def flatten_state_dict(tree: Any, prefix: str = "") -> Dict[str, np.ndarray]:
             out.update(flatten_state_dict(v, f"{prefix}{k}."))
     elif isinstance(tree, np.ndarray):
         out[prefix[:-1]] = tree
+    return out
+
+
+class _ScriptObject:
+    """A TorchScript module (`__torch__.*` class) read back as a plain attribute holder: no code is run."""
+
+
+def _script_list(*args):
+    return list(args[0]) if args else []
+
+
+class _TorchScriptUnpickler(_RestrictedUnpickler):
+    """`data.pkl` of a TorchScript archive: `__torch__.*` module classes become `_ScriptObject`s whose attributes are
+    the modules' parameters, buffers, submodules and plain values; everything else as `_RestrictedUnpickler`."""
+
+    def find_class(self, module, name):
+        if module == "__torch__" or module.startswith("__torch__."):
+            return _ScriptObject
+        if module == "torch.jit._pickle" and name.startswith("build_"):
+            return _script_list
+        if module == "torch.jit._pickle" and name == "restore_type_tag":
+            return lambda value, _type: value
+        return super().find_class(module, name)
+
+
+def _script_tensors(obj, prefix: str, out: Dict[str, np.ndarray]) -> None:
+    if isinstance(obj, np.ndarray):
+        out[prefix[:-1]] = obj
+    elif isinstance(obj, _ScriptObject):
+        for k, v in vars(obj).items():
+            _script_tensors(v, f"{prefix}{k}.", out)
+
+
+def load_torchscript_state_dict(path: str) -> Dict[str, np.ndarray]:
+    """Every tensor of a TorchScript archive (e.g. OpenAI's `ViT-B-32.pt`) by dotted attribute name, like
+    `module.state_dict()` plus tensor attributes that are not parameters (e.g. `attn_mask`), in the stored dtype.
+    Read from `data.pkl` with a restricted unpickler: the archive's TorchScript code is never loaded or run."""
+    path = os.fspath(path)
+    if not os.path.isfile(path):
+        raise CheckpointError(f"{path}: no such file")
+    if not is_torchscript(path):
+        raise CheckpointError(f"{path}: not a TorchScript archive (no code/ or constants.pkl in a zip file)")
+    with zipfile.ZipFile(path) as zf:
+        prefix = _zip_prefix(zf, path)
+        try:
+            with zf.open(f"{prefix}/data.pkl") as f:
+                root = _TorchScriptUnpickler(f, zf, prefix, path).load()
+        except CheckpointError:
+            raise
+        except (zipfile.BadZipFile, KeyError, EOFError, ValueError, TypeError, AttributeError, pickle.UnpicklingError,
+                OSError) as e:
+            raise CheckpointError(f"{path}: unreadable TorchScript archive (truncated or corrupt): {e}") from None
+    out: Dict[str, np.ndarray] = {}
+    _script_tensors(root, "", out)
+    if not out:
+        raise CheckpointError(f"{path}: TorchScript archive without tensors")
     return out
