@@ -4,7 +4,7 @@ VENV ?= .venv
 PY := $(VENV)/bin/python
 PYTEST := $(PY) -m pytest -q -p no:cacheprovider
 
-.PHONY: install demo test test-slow bench clean
+.PHONY: install demo test test-slow bench bench-train clean
 
 $(VENV)/.installed: setup.cfg pyproject.toml
 	$(PYTHON) -m venv $(VENV)
@@ -15,6 +15,10 @@ install: $(VENV)/.installed
 
 demo: install
 	$(PY) train.py --config configs/tiny.py --workdir runs/tiny
+	rm -rf runs/tiny/edits
+	$(PY) -m ffclip_jax.edit --weights runs/tiny/weights --text "Bald" --text "Purple hair" --strength 0.5,1 \
+		--random 4 --seed 0 --output runs/tiny/edits
+	@echo "demo done: training grids in runs/tiny/grids/, edits in runs/tiny/edits/ (grid.png)"
 
 test: install
 	$(PYTEST) tests
@@ -24,6 +28,9 @@ test-slow: install
 
 bench: install
 	$(PY) bench/generator.py --size 256 --batch 2
+
+bench-train: install
+	$(PY) bench/train_step.py --size 256 --batch 2
 
 clean:
 	rm -rf $(VENV) runs

@@ -108,3 +108,28 @@ def upsample_nearest_then_avg_pool(x, scale: int = 7, kernel: int = 32):
     """nn.Upsample(scale_factor=scale) (nearest) then nn.AvgPool2d(kernel): 1024 -> 224 for FFCLIP's CLIP loss."""
     return apply_separable(x, upsample_then_pool_matrix(x.shape[1], scale, kernel),
                            upsample_then_pool_matrix(x.shape[2], scale, kernel))
+
+
+@functools.lru_cache(maxsize=None)
+def bilinear_align_corners_matrix(n_in: int, n_out: int) -> np.ndarray:
+    # PyTorch's float32 source index scale * i, lambda clamped to [0, 1], right neighbour clamped at the border
+    m = np.zeros((n_out, n_in), np.float64)
+    if n_in == n_out:
+        m[np.arange(n_out), np.arange(n_out)] = 1.0
+        return m
+    f32 = np.float32
+    scale = f32(n_in - 1) / f32(n_out - 1) if n_out > 1 else f32(0)
+    for i in range(n_out):
+        x = f32(scale * f32(i))
+        x0 = int(x)
+        t = min(max(f32(x - f32(x0)), f32(0)), f32(1))
+        m[i, x0] += f32(1) - t
+        m[i, min(x0 + 1, n_in - 1)] += t
+    return m
+
+
+def resize_bilinear_align_corners(x, size):
+    """F.interpolate(mode='bilinear', align_corners=True) on NHWC `x` to `size` (int or (H, W))."""
+    oh, ow = _size2(size)
+    return apply_separable(x, bilinear_align_corners_matrix(x.shape[1], oh),
+                           bilinear_align_corners_matrix(x.shape[2], ow))

@@ -247,6 +247,49 @@ class NoiseInjection(nn.Module):
         return x + weight.astype(x.dtype) * noise.astype(x.dtype)
 
 
+# Plain torch.nn layers with PyTorch's parameter names (`weight`, `bias`, `running_mean`, `running_var`), so the
+# converters of plain torch.nn models (IR-SE, ArcFace, parsing UNet, ResNet) map keys one to one.
+
+
+class Conv2d(nn.Module):
+    """`nn.Conv2d` with PyTorch's symmetric padding: weight (k, k, in, out) [torch (out, in, k, k)], bias (out,)."""
+    features: int
+    kernel_size: int
+    stride: int = 1
+    padding: int = 0
+    use_bias: bool = True
+
+    @nn.compact
+    def __call__(self, x):
+        k = self.kernel_size
+        weight = self.param("weight", nn.initializers.lecun_normal(), (k, k, x.shape[-1], self.features))
+        y = conv2d(x, weight, self.stride, self.padding)
+        if self.use_bias:
+            y = y + self.param("bias", nn.initializers.zeros, (self.features,)).astype(y.dtype)
+        return y
+
+
+class BatchNorm2d(nn.Module):
+    """`nn.BatchNorm2d` in inference mode: (x - running_mean) * rsqrt(running_var + eps) * weight + bias over the
+    channel (last) axis. Params `weight`, `bias`; collection 'batch_stats' holds `running_mean`, `running_var`."""
+    eps: float = 1e-5
+
+    @nn.compact
+    def __call__(self, x):
+        c = x.shape[-1]
+        weight = self.param("weight", nn.initializers.ones, (c,))
+        bias = self.param("bias", nn.initializers.zeros, (c,))
+        mean = self.variable("batch_stats", "running_mean", jnp.zeros, (c,)).value
+        var = self.variable("batch_stats", "running_var", jnp.ones, (c,)).value
+        scale = (weight * lax.rsqrt(var + self.eps)).astype(x.dtype)
+        return (x - mean.astype(x.dtype)) * scale + bias.astype(x.dtype)
+
+
+def max_pool(x, kernel: int, stride: int, padding: int = 0):
+    """`nn.MaxPool2d(kernel, stride, padding)` (padding with -inf, floor mode) on NHWC."""
+    return nn.max_pool(x, (kernel, kernel), strides=(stride, stride), padding=((padding, padding), (padding, padding)))
+
+
 MODCONV_FORMS = ("input_scaling", "grouped")
 
 

@@ -17,11 +17,11 @@ from ffclip_jax.layers import EqualLinear, FusedLeakyReLU, ModulatedConv2d, Nois
 NOISE_MODES = ("const", "random", "none")
 
 
-def channels_for(size: int, channel_multiplier: int) -> int:
-    """Feature channels at resolution `size` (upstream's `self.channels`)."""
+def channels_for(size: int, channel_multiplier: int, channel_max: int = 512) -> int:
+    """Feature channels at resolution `size` (upstream's `self.channels`), capped at `channel_max`."""
     cm = channel_multiplier
-    return {4: 512, 8: 512, 16: 512, 32: 512, 64: 256 * cm, 128: 128 * cm, 256: 64 * cm, 512: 32 * cm,
-            1024: 16 * cm}[size]
+    return min(channel_max, {4: 512, 8: 512, 16: 512, 32: 512, 64: 256 * cm, 128: 128 * cm, 256: 64 * cm,
+                             512: 32 * cm, 1024: 16 * cm}[size])
 
 
 class ConstantInput(nn.Module):
@@ -74,6 +74,7 @@ class Generator(nn.Module):
     for style mixing at inject_index.
     noise_mode: "const" (the checkpoint's buffers, as FFCLIP uses), "random" (rng stream "noise"), "none".
     modconv: "input_scaling" (default, fastest on accelerators and CPU) or "grouped".
+    channel_max: caps the feature channels (512 = upstream; smaller values make tiny test/demo generators cheap).
     """
     size: int = 1024
     style_dim: int = 512
@@ -83,6 +84,7 @@ class Generator(nn.Module):
     lr_mlp: float = 0.01
     modconv: str = "input_scaling"
     remat: bool = False
+    channel_max: int = 512
 
     @property
     def log_size(self) -> int:
@@ -101,14 +103,15 @@ class Generator(nn.Module):
             raise ValueError(f"Generator: size must be a power of two in [4, 1024], got {self.size}")
         self.style = [EqualLinear(self.style_dim, lr_mul=self.lr_mlp, activation="fused_lrelu", name=f"style_{i}")
                       for i in range(1, self.n_mlp + 1)]
-        self.input = ConstantInput(channels_for(4, self.channel_multiplier))
-        self.conv1 = StyledConv(channels_for(4, self.channel_multiplier), blur_kernel=self.blur_kernel,
-                                modconv=self.modconv)
+        channels = [channels_for(2 ** i, self.channel_multiplier, self.channel_max)
+                    for i in range(2, self.log_size + 1)]
+        self.input = ConstantInput(channels[0])
+        self.conv1 = StyledConv(channels[0], blur_kernel=self.blur_kernel, modconv=self.modconv)
         self.to_rgb1 = ToRGB(self.blur_kernel, self.modconv)
         conv = nn.remat(StyledConv) if self.remat else StyledConv
         rgb = nn.remat(ToRGB) if self.remat else ToRGB
-        self.convs = [conv(channels_for(2 ** (3 + j // 2), self.channel_multiplier), upsample=j % 2 == 0,
-                           blur_kernel=self.blur_kernel, modconv=self.modconv)
+        self.convs = [conv(channels[1 + j // 2], upsample=j % 2 == 0, blur_kernel=self.blur_kernel,
+                           modconv=self.modconv)
                       for j in range(2 * (self.log_size - 2))]
         self.to_rgbs = [rgb(self.blur_kernel, self.modconv) for _ in range(self.log_size - 2)]
         self.latent_avg = self.variable("buffers", "latent_avg", jnp.zeros, (self.style_dim,), jnp.float32)
@@ -192,5 +195,5 @@ class Generator(nn.Module):
             x = self.convs[2 * k + 1](x, latent[:, i + 1], noise[2 * k + 2])
             skip = to_rgb(x, latent[:, i + 2], skip)
             i += 2
-        image = skip.astype(jnp.float32)
+        image = skip.astype(jnp.promote_types(skip.dtype, jnp.float32))
         return (image, latent) if return_latents else image

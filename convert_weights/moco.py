@@ -1,0 +1,63 @@
+"""MoCo v2 checkpoint (`moco_v2_800ep_pretrain.pth.tar`: `{'state_dict': {'module.encoder_q.*', 'module.encoder_k.*',
+'module.queue', ...}, 'optimizer', 'epoch', 'arch'}`) -> ffclip-jax `moco` directory (torchvision ResNet-50 without
+fc, the query encoder). A bare torchvision ResNet state dict converts too."""
+from __future__ import annotations
+
+import re
+from typing import Any, Dict, Mapping
+
+import numpy as np
+
+from convert_weights import common
+from convert_weights.mapping import Rule, conv, convert
+from ffclip_jax.errors import ConversionError
+
+NAME = "moco"
+HELP = "MoCo v2 ResNet-50 query encoder (moco_v2_800ep_pretrain.pth.tar) -> Flax"
+PREFIX = "module.encoder_q."
+
+BLOCK = r"(layer\d\.\d+\.)?"  # the stem has no block prefix
+RULES = [
+    Rule(BLOCK + r"(conv\d|downsample\.0)\.weight", conv),
+    Rule(BLOCK + r"(bn\d|downsample\.1)\.(weight|bias)"),
+    Rule(BLOCK + r"(bn\d|downsample\.1)\.running_(mean|var)", collection="batch_stats"),
+]
+# the projection head, the momentum (key) encoder and the queue are not part of the feature extractor
+IGNORE = [r".*\.num_batches_tracked", r"fc\..*", r"module\.encoder_k\..*", r"module\.queue(_ptr)?"]
+
+
+def infer_config(sd: Mapping[str, np.ndarray], source: str) -> Dict[str, Any]:
+    """width (stem channels) and blocks per stage read off a (prefix-stripped) ResNet state dict."""
+    if "conv1.weight" not in sd:
+        raise ConversionError(f"{source}: not a ResNet state dict (no {PREFIX}conv1.weight or conv1.weight)")
+    stages = [len({m.group(1) for k in sd if (m := re.fullmatch(rf"layer{i}\.(\d+)\.conv1\.weight", k))})
+              for i in range(1, 5)]
+    return dict(stage_sizes=stages, width=int(sd["conv1.weight"].shape[0]))
+
+
+def convert_state_dict(sd: Mapping[str, np.ndarray], *, source: str = "checkpoint"):
+    """MoCo / torchvision state dict -> (config, variables) for `ffclip_jax.moco.ResNet50`."""
+    import jax
+    import jax.numpy as jnp
+    from ffclip_jax.moco import ResNet50
+
+    sd = {k[len(PREFIX):] if k.startswith(PREFIX) else k: v for k, v in sd.items()}
+    config = infer_config(sd, source)
+    model = ResNet50(stage_sizes=tuple(config["stage_sizes"]), width=config["width"])
+    expected = jax.eval_shape(lambda: model.init(jax.random.PRNGKey(0), jnp.zeros((1, 32, 32, 3))))
+    return config, convert(sd, RULES, expected, ignore=IGNORE, source=source)
+
+
+def add_arguments(parser) -> None:
+    pass
+
+
+def run(args) -> None:
+    ckpt = common.load_dict(args.input)
+    common.refuse_other_kinds(ckpt, NAME, args.input)
+    where = f"{args.input}[state_dict]" if "state_dict" in ckpt else str(args.input)
+    sd = common.state_dict(ckpt.get("state_dict", ckpt), where)
+    config, variables = convert_state_dict(sd, source=where)
+    from ffclip_jax import pretrained
+    pretrained.save(args.output, NAME, config, variables, extra={"source": str(args.input)}, overwrite=args.force)
+    print(f"wrote {NAME} (ResNet stages {config['stage_sizes']}, width {config['width']}) to {args.output}")

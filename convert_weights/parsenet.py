@@ -1,0 +1,62 @@
+"""HairCLIP / FFCLIP face-parsing UNet (`parsenet.pth`: a bare state dict of `unet()`) -> ffclip-jax `parsenet`
+directory."""
+from __future__ import annotations
+
+from typing import Any, Dict, Mapping
+
+import numpy as np
+
+from convert_weights import common
+from convert_weights.mapping import Rule, conv, conv_transpose, convert
+from ffclip_jax.errors import ConversionError
+
+NAME = "parsenet"
+HELP = "face-parsing UNet of the background loss (parsenet.pth) -> Flax"
+
+RULES = [
+    Rule(r".*\.conv[12]\.0\.weight", conv),
+    Rule(r"final\.weight", conv),
+    Rule(r"up_concat\d\.up\.weight", conv_transpose),
+    Rule(r"(.*\.conv[12]\.[01]|up_concat\d\.up|final)\.bias"),
+    Rule(r".*\.conv[12]\.1\.weight"),
+    Rule(r".*\.running_(mean|var)", collection="batch_stats"),
+]
+IGNORE = [r".*\.num_batches_tracked"]
+
+
+def infer_config(sd: Mapping[str, np.ndarray], source: str) -> Dict[str, Any]:
+    """feature_scale, n_classes and is_batchnorm read off a `unet` state dict."""
+    from ffclip_jax.parsenet import BASE_FILTERS
+
+    if "conv1.conv1.0.weight" not in sd or "final.weight" not in sd:
+        raise ConversionError(f"{source}: not a face-parsing UNet state dict (no conv1.conv1.0.weight / final.weight)")
+    first = int(sd["conv1.conv1.0.weight"].shape[0])
+    if first == 0 or BASE_FILTERS[0] % first:
+        raise ConversionError(f"{source}: conv1.conv1.0.weight has {first} filters; expected 64 / feature_scale")
+    return dict(feature_scale=BASE_FILTERS[0] // first, n_classes=int(sd["final.weight"].shape[0]),
+                is_batchnorm="conv1.conv1.1.weight" in sd)
+
+
+def convert_state_dict(sd: Mapping[str, np.ndarray], *, source: str = "checkpoint"):
+    """`unet` state dict -> (config, variables) for `ffclip_jax.parsenet.UNet`."""
+    import jax
+    import jax.numpy as jnp
+    from ffclip_jax.parsenet import UNet
+
+    config = infer_config(sd, source)
+    model = UNet(**config)
+    expected = jax.eval_shape(lambda: model.init(jax.random.PRNGKey(0), jnp.zeros((1, 16, 16, 3))))
+    return config, convert(sd, RULES, expected, ignore=IGNORE, source=source)
+
+
+def add_arguments(parser) -> None:
+    pass
+
+
+def run(args) -> None:
+    ckpt = common.load_dict(args.input)
+    common.refuse_other_kinds(ckpt, NAME, args.input)
+    config, variables = convert_state_dict(common.state_dict(ckpt, str(args.input)), source=str(args.input))
+    from ffclip_jax import pretrained
+    pretrained.save(args.output, NAME, config, variables, extra={"source": str(args.input)}, overwrite=args.force)
+    print(f"wrote {NAME} (feature_scale {config['feature_scale']}, {config['n_classes']} classes) to {args.output}")

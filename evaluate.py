@@ -1,0 +1,109 @@
+"""Evaluate a trained FFCLIP mapper: CLIP score, identity / background (faces) or MoCo (other domains) preservation
+and latent change for every (test latent, prompt); writes report.json, report.md and PNG plots.
+
+    python evaluate.py --weights weights/ffhq --latents test_latents.npy --prompts ffhq --limit 200 \
+        [--compositions --num-compositions 10] [--seed 0] --output report/
+
+--weights: a `convert_weights all` directory, a trainer export or a training workdir (see ffclip_jax.weights).
+--prompts: a built-in list (ffhq, car, church) or a file, one prompt per line; duplicates are evaluated once.
+--domain: face (identity + background; needs arcface and parsenet) or other (MoCo; needs moco); default: face when
+the weights directory has arcface and parsenet, else other.
+"""
+from __future__ import annotations
+
+import argparse
+import os
+import sys
+
+import numpy as np
+
+from ffclip_jax.errors import CheckpointError, InputError, run_cli
+
+DOMAIN_NETWORKS = {"face": ("arcface", "parsenet"), "other": ("moco",)}
+
+
+def build_parser() -> argparse.ArgumentParser:
+    p = argparse.ArgumentParser(prog="python evaluate.py", description=__doc__.split("\n\n")[0])
+    p.add_argument("--weights", required=True, help="weights directory (manifest, trainer export or workdir)")
+    p.add_argument("--latents", required=True, help="test w+ latents .npy (N, n_latent, style_dim)")
+    p.add_argument("--prompts", required=True, help="built-in prompt list (ffhq, car, church) or a prompt file")
+    p.add_argument("--output", required=True, help="report directory (written atomically)")
+    p.add_argument("--limit", type=int, help="evaluate only the first N latents")
+    p.add_argument("--compositions", action="store_true",
+                   help="also evaluate prompts made of two training prompts ('Blue hair, wearing glasses')")
+    p.add_argument("--num-compositions", type=int, default=10, help="number of composed prompts (default 10)")
+    p.add_argument("--seed", type=int, default=0, help="seed of the composition pairs")
+    p.add_argument("--strength", type=float, default=1.0, help="edit strength (1 = upstream FFCLIP)")
+    p.add_argument("--domain", choices=("auto", "face", "other"), default="auto")
+    p.add_argument("--batch-size", type=int, default=8)
+    p.add_argument("--cache-dir", help="text-embedding cache (default ~/.cache/ffclip_jax/prompt_embeddings)")
+    p.add_argument("--force", action="store_true", help="replace an existing --output directory")
+    return p
+
+
+def choose_domain(weights, domain: str) -> str:
+    """'face' or 'other': as asked, or from the networks the weights directory has."""
+    if domain == "auto":
+        domain = "face" if all(weights.has(n) for n in DOMAIN_NETWORKS["face"]) else "other"
+        if domain == "other" and not weights.has("moco"):
+            raise CheckpointError(f"weights directory {weights.root} has neither arcface + parsenet (faces) nor moco "
+                                  f"(other domains): needed for the preservation metrics")
+    return domain
+
+
+def main(argv=None) -> None:
+    from ffclip_jax.prompts import load_prompts
+
+    args = build_parser().parse_args(argv)
+    if os.path.exists(args.output) and not args.force:
+        raise InputError(f"--output {args.output}: already exists (pass --force to replace it)")
+    for name in ("limit", "batch_size", "num_compositions"):
+        value = getattr(args, name)
+        if value is not None and value < 1:
+            raise InputError(f"--{name.replace('_', '-')} must be at least 1, got {value}")
+    prompts = list(dict.fromkeys(load_prompts(args.prompts)))
+
+    import jax
+
+    from ffclip_jax import metrics, pretrained, report
+    from ffclip_jax.data.latents import Expected, load_latents
+    from ffclip_jax.edit import Editor
+    from ffclip_jax.weights import resolve
+
+    entries = [{"prompt": p, "kind": "single", "parts": [p]} for p in prompts]
+    if args.compositions:
+        entries += [{"prompt": metrics.compose(pair), "kind": "composition", "parts": list(pair)}
+                    for pair in metrics.composition_pairs(prompts, args.num_compositions, args.seed)]
+
+    weights = resolve(args.weights)
+    weights.path("clip", "the CLIP score")
+    domain = choose_domain(weights, args.domain)
+    extra_dirs = {n: weights.path(n, f"the {domain}-domain metrics (--domain {domain})")
+                  for n in DOMAIN_NETWORKS[domain]}
+    editor = Editor.from_pretrained(args.weights, batch_size=args.batch_size, cache_dir=args.cache_dir)
+    n_latent, style_dim = editor.latent_shape
+    latents = load_latents(args.latents, Expected(n_latent, style_dim, f"the mapper in {weights.root}"))
+    indices = np.arange(len(latents) if args.limit is None else min(args.limit, len(latents)))
+    latents = np.asarray(latents[indices], np.float32)
+    extra = {n: pretrained.load(path) for n, path in extra_dirs.items()}
+
+    embeddings = editor.text_embeddings([e["prompt"] for e in entries])
+    parts = [editor.text_embeddings(e["parts"]) for e in entries] if args.compositions else None
+
+    nets = metrics.MetricNetworks(clip=editor.clip[0], **{n: module for n, (module, _) in extra.items()})
+    variables = {"clip": editor.clip[1], **{n: v for n, (_, v) in extra.items()}}
+    results = metrics.evaluate(editor, nets, variables, latents, embeddings, batch_size=args.batch_size,
+                               strength=args.strength, part_embeddings=parts)
+
+    meta = {"weights": weights.root, "latents": os.path.abspath(args.latents), "prompts": args.prompts,
+            "domain": domain, "seed": args.seed, "strength": args.strength, "compositions": args.compositions,
+            "batch_size": args.batch_size, "image_size": int(editor.generator.size),
+            "clip_preprocess": "PIL bicubic (antialiased) resize of the shorter side + center crop + CLIP mean/std",
+            "jax_backend": jax.default_backend(), "networks": dict(weights.networks)}
+    rep = report.build_report(entries, results, indices, meta)
+    files = report.write_report(args.output, rep, results, overwrite=args.force)
+    print(f"wrote {', '.join(files)} to {args.output} ({len(indices)} latents x {len(entries)} prompts)")
+
+
+if __name__ == "__main__":
+    sys.exit(run_cli(main))

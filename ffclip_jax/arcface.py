@@ -1,0 +1,54 @@
+"""ArcFace identity network: InsightFace `Backbone(input_size, num_layers, mode)` (TreB1eN/InsightFace_Pytorch
+`model.py`, e4e's `models/encoders/model_irse.py`) in Flax, NHWC, inference mode (dropout is the identity).
+
+Variables: `params` named as the upstream keys (`input_layer_*`, `body_*`, `output_layer_{0,3,4}`) and
+`batch_stats` (BatchNorm running stats). FFCLIP's ID loss uses Backbone(112, 50, 'ir_se').
+"""
+from __future__ import annotations
+
+import flax.linen as nn
+import jax.numpy as jnp
+
+from ffclip_jax.errors import ConfigError, InputError
+from ffclip_jax.irse import irse_backbone
+from ffclip_jax.layers import BatchNorm2d
+
+INPUT_SIZES = (112, 224)
+
+
+def l2_norm(x, axis: int = 1):
+    """InsightFace `l2_norm`: x / ||x||_2 along `axis` (no epsilon, as upstream)."""
+    return x / jnp.linalg.norm(x, axis=axis, keepdims=True)
+
+
+class Linear(nn.Module):
+    """`nn.Linear`: x @ weight + bias, weight (in, out) [torch (out, in)]."""
+    features: int
+
+    @nn.compact
+    def __call__(self, x):
+        weight = self.param("weight", nn.initializers.lecun_normal(), (x.shape[-1], self.features))
+        return x @ weight.astype(x.dtype) + self.param("bias", nn.initializers.zeros, (self.features,)).astype(x.dtype)
+
+
+class Backbone(nn.Module):
+    """`Backbone(input_size, num_layers, mode)`: x (B, S, S, 3) in [-1, 1], S = input_size -> (B, 512) L2-normalised
+    features. Output layer: BN2d -> Dropout (identity) -> flatten in NCHW order -> Linear(512 * (S/16)^2, 512) ->
+    BN1d."""
+    input_size: int = 112
+    num_layers: int = 50
+    mode: str = "ir_se"
+
+    @nn.compact
+    def __call__(self, x):
+        if self.input_size not in INPUT_SIZES:
+            raise ConfigError(f"ArcFace input_size must be one of {INPUT_SIZES}, got {self.input_size}")
+        s = self.input_size
+        if x.ndim != 4 or x.shape[1:] != (s, s, 3):
+            raise InputError(f"ArcFace Backbone({s}) expects images (B, {s}, {s}, 3), got shape {tuple(x.shape)}")
+        x, _ = irse_backbone(x, self.num_layers, self.mode)
+        x = BatchNorm2d(name="output_layer_0")(x)
+        x = jnp.transpose(x, (0, 3, 1, 2)).reshape(x.shape[0], -1)  # torch Flatten of NCHW
+        x = Linear(512, name="output_layer_3")(x)
+        x = BatchNorm2d(name="output_layer_4")(x)  # BatchNorm1d(512): same inference formula over the last axis
+        return l2_norm(x)

@@ -1,0 +1,179 @@
+"""The evaluation report of `evaluate.py`: every number as JSON, markdown tables, PNG plots; written atomically.
+
+    report = build_report(entries, results, latent_indices, meta)
+    write_report("report/", report, results, overwrite=False)
+
+`entries`: one dict per evaluated prompt {"prompt", "kind" ("single" or "composition"), "parts"}; `results`:
+{metric: (P, N)} from `metrics.evaluate`. The directory holds
+  report.json       meta, every per-example value, per-prompt and overall mean/std/median (NaN -> null)
+  report.md         a table per kind (single prompts, compositions): one row per prompt and an overall row
+  per_prompt.png    per-prompt bars (mean +- std) of the main metrics
+  clip_vs_identity.png (faces) / clip_vs_moco.png (other domains): CLIP score against preservation, per example
+"""
+from __future__ import annotations
+
+import json
+import math
+import os
+from typing import Any, Dict, List, Mapping, Sequence
+
+import numpy as np
+
+from ffclip_jax import pretrained
+
+JSON_FILE, MARKDOWN_FILE, BARS_FILE = "report.json", "report.md", "per_prompt.png"
+KINDS = ("single", "composition")
+LABELS = {"clip_score": "CLIP score", "clip_score_source": "CLIP (source)", "clip_score_delta": "Δ CLIP",
+          "identity": "identity", "background_mse": "BG MSE", "background_psnr": "BG PSNR (dB)",
+          "background_fraction": "BG fraction", "moco_similarity": "MoCo sim.", "latent_mean_abs": "mean abs Δw",
+          "latent_l2": "L2 Δw", "clip_score_parts_min": "CLIP (min part)"}
+FORMATS = {"background_mse": ".2e", "latent_mean_abs": ".4f"}  # others ".3f"
+
+
+def _stats(values: np.ndarray) -> Dict[str, Any]:
+    v = np.asarray(values, np.float64).reshape(-1)
+    finite = v[np.isfinite(v)]
+    if not finite.size:
+        return {"mean": None, "std": None, "median": None, "count": 0}
+    return {"mean": float(finite.mean()), "std": float(finite.std()), "median": float(np.median(finite)),
+            "count": int(finite.size)}
+
+
+def _clean(values) -> Any:
+    """Nested lists with NaN / inf as None (strict JSON)."""
+    if isinstance(values, (list, tuple, np.ndarray)):
+        return [_clean(v) for v in values]
+    v = float(values)
+    return v if math.isfinite(v) else None
+
+
+def scalar_metrics(results: Mapping[str, np.ndarray]) -> Dict[str, np.ndarray]:
+    """{metric: (P, N)} of one value per example; `clip_score_parts` (P, N, K) gives `clip_score_parts_min`."""
+    out = {k: v for k, v in results.items() if np.ndim(v) == 2}
+    if "clip_score_parts" in results:
+        parts = results["clip_score_parts"]
+        has = np.isfinite(parts).any(axis=-1)
+        out["clip_score_parts_min"] = np.where(has, np.nanmin(np.where(np.isfinite(parts), parts, np.inf), axis=-1),
+                                               np.nan)
+    return out
+
+
+def build_report(entries: Sequence[Mapping[str, Any]], results: Mapping[str, np.ndarray],
+                 latent_indices: Sequence[int], meta: Mapping[str, Any]) -> Dict[str, Any]:
+    """The JSON-able report (see the module docstring)."""
+    scalars = scalar_metrics(results)
+    kinds = np.asarray([e["kind"] for e in entries])
+    per_prompt = [{"prompt": e["prompt"], "kind": e["kind"], "parts": list(e.get("parts", [])),
+                   "stats": {k: _stats(v[i]) for k, v in scalars.items()}} for i, e in enumerate(entries)]
+    overall = {kind: {k: _stats(v[kinds == kind]) for k, v in scalars.items()}
+               for kind in KINDS if (kinds == kind).any()}
+    per_example = {k: _clean(v) for k, v in results.items()}
+    return {"meta": dict(meta), "metrics": list(scalars), "latent_indices": [int(i) for i in latent_indices],
+            "prompts": per_prompt, "overall": overall, "per_example": per_example}
+
+
+def _fmt(stats: Mapping[str, Any], metric: str) -> str:
+    if stats["mean"] is None:
+        return "–"
+    f = FORMATS.get(metric, ".3f")
+    return f"{stats['mean']:{f}} ± {stats['std']:{f}}"
+
+
+def markdown(report: Mapping[str, Any]) -> str:
+    """report.md: a header with the setup, then per kind a table with one row per prompt and an overall row."""
+    meta = report["meta"]
+    lines = ["# FFCLIP evaluation", ""]
+    lines += [f"- {k}: `{v}`" for k, v in meta.items() if not isinstance(v, (dict, list))]
+    lines.append(f"- latents evaluated: {len(report['latent_indices'])}")
+    for kind in KINDS:
+        rows = [p for p in report["prompts"] if p["kind"] == kind]
+        if not rows:
+            continue
+        metrics = [m for m in report["metrics"] if m in rows[0]["stats"] and
+                   (kind == "composition" or m != "clip_score_parts_min")]
+        lines += ["", f"## {'Single prompts' if kind == 'single' else 'Compositions of two training prompts'}", "",
+                  "| prompt | " + " | ".join(LABELS.get(m, m) for m in metrics) + " |",
+                  "|---|" + "---:|" * len(metrics)]
+        for row in rows:
+            lines.append(f"| {row['prompt']} | " + " | ".join(_fmt(row["stats"][m], m) for m in metrics) + " |")
+        overall = report["overall"][kind]
+        lines.append("| **overall** | " + " | ".join(f"**{_fmt(overall[m], m)}**" for m in metrics) + " |")
+    lines += ["", "Mean ± std over the latents (overall: over every latent and prompt). CLIP score: 100 × cosine "
+              "with OpenAI's preprocessing; identity: ArcFace cosine source/edit; BG: outside the parsed hair region "
+              "in both images, images in [0, 1], PSNR capped at 100 dB; Δw: the mapper's latent change.", ""]
+    return "\n".join(lines)
+
+
+def _bars(path: str, report: Mapping[str, Any]) -> None:
+    import matplotlib
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    preserve = "identity" if "identity" in report["metrics"] else "moco_similarity"
+    metrics = [m for m in ("clip_score", "clip_score_delta", preserve, "background_psnr", "latent_mean_abs")
+               if m in report["metrics"]]
+    rows = report["prompts"]
+    names = [("◆ " if r["kind"] == "composition" else "") + r["prompt"] for r in rows]
+    height = max(3.0, 0.28 * len(rows) + 1.2)
+    fig, axes = plt.subplots(1, len(metrics), figsize=(3.2 * len(metrics) + 2.5, height), sharey=True, squeeze=False)
+    y = np.arange(len(rows))
+    for ax, m in zip(axes[0], metrics):
+        means = [r["stats"][m]["mean"] for r in rows]
+        stds = [r["stats"][m]["std"] for r in rows]
+        colors = ["tab:orange" if r["kind"] == "composition" else "tab:blue" for r in rows]
+        ax.barh(y, [np.nan if v is None else v for v in means], xerr=[0 if s is None else s for s in stds],
+                color=colors, alpha=0.85, capsize=2)
+        ax.set_title(LABELS.get(m, m), fontsize=9)
+        ax.grid(axis="x", alpha=0.3)
+    axes[0][0].set_yticks(y)
+    axes[0][0].set_yticklabels(names, fontsize=7)
+    axes[0][0].invert_yaxis()
+    fig.suptitle("Per-prompt means ± std (◆ = composition)", fontsize=10)
+    fig.tight_layout()
+    fig.savefig(path, dpi=110)
+    plt.close(fig)
+
+
+def scatter_name(report: Mapping[str, Any]) -> str:
+    return "clip_vs_identity.png" if "identity" in report["metrics"] else "clip_vs_moco.png"
+
+
+def _scatter(path: str, report: Mapping[str, Any], results: Mapping[str, np.ndarray]) -> None:
+    import matplotlib
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    preserve = "identity" if "identity" in report["metrics"] else "moco_similarity"
+    fig, ax = plt.subplots(figsize=(6.5, 5))
+    kinds = np.asarray([r["kind"] for r in report["prompts"]])
+    for kind, color in zip(KINDS, ("tab:blue", "tab:orange")):
+        sel = kinds == kind
+        if not sel.any():
+            continue
+        ax.scatter(results[preserve][sel].ravel(), results["clip_score"][sel].ravel(), s=8, alpha=0.35, color=color,
+                   label=f"{kind} (per example)")
+        ax.scatter(np.nanmean(results[preserve][sel], axis=1), np.nanmean(results["clip_score"][sel], axis=1), s=40,
+                   color=color, edgecolor="black", label=f"{kind} (prompt mean)")
+    ax.ticklabel_format(useOffset=False)
+    ax.set_xlabel(LABELS[preserve] + " (source vs edit)")
+    ax.set_ylabel("CLIP score of the edit with its prompt")
+    ax.grid(alpha=0.3)
+    ax.legend(fontsize=8)
+    fig.tight_layout()
+    fig.savefig(path, dpi=110)
+    plt.close(fig)
+
+
+def write_report(output: str, report: Mapping[str, Any], results: Mapping[str, np.ndarray], *,
+                 overwrite: bool = False) -> List[str]:
+    """Write report.json, report.md and the PNGs into `output` atomically (all or nothing); returns the file
+    names."""
+    files = [JSON_FILE, MARKDOWN_FILE, BARS_FILE, scatter_name(report)]
+    with pretrained.atomic_output_dir(output, overwrite=overwrite) as tmp:
+        with open(os.path.join(tmp, JSON_FILE), "w", encoding="utf-8") as f:
+            json.dump(report, f, indent=1, allow_nan=False, ensure_ascii=False)
+        with open(os.path.join(tmp, MARKDOWN_FILE), "w", encoding="utf-8") as f:
+            f.write(markdown(report))
+        _bars(os.path.join(tmp, BARS_FILE), report)
+        _scatter(os.path.join(tmp, files[-1]), report, results)
+    return files

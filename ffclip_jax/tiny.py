@@ -1,0 +1,104 @@
+"""Tiny random networks and synthetic latents, so the whole training pipeline runs on a laptop CPU with no download:
+
+    paths = ensure_assets("runs/tiny/tiny_assets")   # {"generator": DIR, "clip": DIR, ..., "data_dir": DIR}
+
+Written once (each directory atomically) and reused: a 32px StyleGAN2 with style_dim 64, a 2-layer CLIP embedding
+text in 64 dims, ArcFace IR-SE50 (it has no smaller variant), a narrow face-parsing UNet, a one-block-per-stage
+ResNet-50 for MoCo, and `ffclip_latents/custom` with synthetic w+ (8 x 64). Random weights: the losses are real
+computations on meaningless networks, good for exercising the code, not for pretty edits.
+"""
+from __future__ import annotations
+
+import os
+from typing import Dict
+
+import jax
+import jax.numpy as jnp
+import numpy as np
+
+GENERATOR = dict(size=32, style_dim=64, n_mlp=2, channel_multiplier=1, channel_max=32)
+ARCFACE = dict(input_size=112, num_layers=50, mode="ir_se")
+PARSENET = dict(feature_scale=16, n_classes=19, is_batchnorm=True)
+MOCO = dict(stage_sizes=(1, 1, 1, 1), width=8)
+DOMAIN = "custom"
+NUM_TRAIN, NUM_TEST = 64, 16
+
+
+def _random_like(path, leaf, rng: np.random.RandomState) -> np.ndarray:
+    """Random values for one variable of a torch.nn-style network, filled in numpy (no init compile): kernels
+    N(0, 1/fan_in), 1-D weights (BatchNorm scale, PReLU slope) about 1, biases and running means about 0,
+    running variances about 1."""
+    name = getattr(path[-1], "key", str(path[-1]))
+    shape = tuple(leaf.shape)
+    if len(shape) >= 2:
+        return (rng.randn(*shape) / np.sqrt(np.prod(shape[:-1]))).astype(np.float32)
+    if name in ("weight", "running_var"):
+        return (1 + 0.1 * rng.rand(*shape)).astype(np.float32)
+    return (0.1 * rng.randn(*shape)).astype(np.float32)
+
+
+def _save_flax(directory: str, model: str, module, config, example, seed: int, numpy_fill: bool = False) -> None:
+    """Random variables of `module` saved as a converted directory: `module.init`, or a numpy fill of its shapes
+    (`numpy_fill`, for the deep torch.nn-style networks whose init would take long to compile)."""
+    from ffclip_jax import pretrained
+
+    if numpy_fill:
+        rng = np.random.RandomState(seed)
+        shapes = jax.eval_shape(module.init, jax.random.PRNGKey(seed), example)
+        variables = jax.tree_util.tree_map_with_path(lambda p, leaf: _random_like(p, leaf, rng), shapes)
+    else:
+        variables = jax.device_get(jax.jit(module.init)(jax.random.PRNGKey(seed), example))
+    pretrained.save(directory, model, config, variables, overwrite=True)
+
+
+def _save_clip(directory: str, seed: int) -> None:
+    from ffclip_jax import clip, pretrained
+
+    config = clip.tiny_config()
+    _, variables = clip.init_random(config, seed)
+    with pretrained.atomic_output_dir(directory, overwrite=True) as tmp:
+        clip.save_hf(tmp, config, variables)
+        pretrained.write_meta(tmp, "clip", config, {"source": "ffclip_jax.tiny (random)",
+                                                    "weights_sha256": clip.sha256_file(os.path.join(tmp, clip.HF_WEIGHTS))})
+
+
+def ensure_assets(directory: str, seed: int = 0) -> Dict[str, str]:
+    """Create what is missing under `directory`; returns the weights directories and the data dir."""
+    from ffclip_jax import pretrained
+    from ffclip_jax.arcface import Backbone
+    from ffclip_jax.moco import ResNet50
+    from ffclip_jax.parsenet import UNet
+    from ffclip_jax.stylegan2 import Generator
+
+    directory = os.path.abspath(directory)
+    paths = {name: os.path.join(directory, name) for name in ("generator", "clip", "arcface", "parsenet", "moco")}
+    paths["data_dir"] = os.path.join(directory, "data")
+
+    def missing(name):
+        return not os.path.isfile(os.path.join(paths[name], pretrained.META_FILE))
+
+    gen = Generator(**GENERATOR)
+    if missing("generator"):
+        _save_flax(paths["generator"], "stylegan2", gen, GENERATOR,
+                   jnp.zeros((1, gen.style_dim)), seed)
+    if missing("clip"):
+        _save_clip(paths["clip"], seed + 1)
+    if missing("arcface"):
+        _save_flax(paths["arcface"], "arcface", Backbone(**ARCFACE), ARCFACE, jnp.zeros((1, 112, 112, 3)), seed + 2,
+                   numpy_fill=True)
+    if missing("parsenet"):
+        _save_flax(paths["parsenet"], "parsenet", UNet(**PARSENET), PARSENET, jnp.zeros((1, 32, 32, 3)), seed + 3,
+                   numpy_fill=True)
+    if missing("moco"):
+        _save_flax(paths["moco"], "moco", ResNet50(**MOCO), MOCO, jnp.zeros((1, 64, 64, 3)), seed + 4,
+                   numpy_fill=True)
+
+    from ffclip_jax.data import build, dataset_dir, synthetic_latents
+
+    if not os.path.isfile(os.path.join(dataset_dir(paths["data_dir"], DOMAIN), "dataset_info.json")):
+        module, variables = pretrained.load(paths["generator"])
+        splits = {name: synthetic_latents(module, variables, num, seed=seed, stream=stream, truncation=0.7)
+                  for stream, (name, num) in enumerate((("train", NUM_TRAIN), ("test", NUM_TEST)))}
+        build(paths["data_dir"], DOMAIN, splits, {"source": "synthetic", "generator": paths["generator"],
+                                                  "seed": seed, "truncation": 0.7}, overwrite=True)
+    return paths

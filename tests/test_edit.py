@@ -1,0 +1,257 @@
+"""Editing tool end to end on tiny random upstream-format checkpoints: `convert_weights all` on a folder with
+misleading file names (a subprocess), the weights-directory resolver, the Editor API (shapes, strength 0 = the
+reconstruction, several prompts in one call = separate calls, parity of the whole chain against the PyTorch
+references), the CLI outputs, and one-line errors for bad input."""
+import copy
+import json
+import os
+import re
+import subprocess
+import sys
+
+import numpy as np
+import pytest
+import torch
+from PIL import Image
+
+from convert_weights.__main__ import main as convert_main
+from ffclip_jax import edit as edit_lib
+from ffclip_jax import pretrained
+from ffclip_jax.clip import tiny_config
+from ffclip_jax.edit import Editor
+from ffclip_jax.errors import FFCLIPError, run_cli
+from ffclip_jax.tokenizer import tokenize
+from ffclip_jax.weights import resolve
+from torch_ref import clip as tclip
+from torch_ref import irse, moco as tmoco, parsenet as tparsenet
+from torch_ref.mapper import DynamicMapper as TorchMapper, randomize_layer_norms_, release_checkpoint
+from torch_ref.stylegan2 import Generator as TorchGenerator, randomize_ as randomize_generator_
+
+ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
+SIZE, DIM, N_LATENT, INPUT = 16, 64, 6, 32  # generator size, style_dim (= tiny CLIP embed_dim), w+ layers, e4e input
+BATCH = 4
+
+
+def assert_close(a, b, max_tol, mean_tol):
+    d = np.abs(np.asarray(a, np.float64) - np.asarray(b, np.float64))
+    assert d.max() <= max_tol and d.mean() <= mean_tol, f"max {d.max():.3g} mean {d.mean():.3g}"
+
+
+@pytest.fixture(scope="module")
+def upstream(tmp_path_factory):
+    """A folder of tiny upstream-format checkpoints of six kinds (ArcFace, an IR-SE50 at any size, is only detected:
+    `test_detect_arcface`), each saved under another kind's file name, plus files that are no checkpoint of a known
+    model; converted by a `python -m convert_weights all` subprocess."""
+    threads = torch.get_num_threads()
+    torch.set_num_threads(1)
+    torch.manual_seed(0)
+    d = tmp_path_factory.mktemp("edit")
+    src = d / "pretrained_models"
+    (src / "sub").mkdir(parents=True)
+    gen = randomize_generator_(TorchGenerator(SIZE, DIM, n_mlp=2)).eval()
+    latent_avg = torch.randn(DIM) * 0.1
+    torch.save({"g_ema": gen.state_dict(), "latent_avg": latent_avg}, src / "ffclip_ffhq.pth")
+    calib = torch.rand(2, 3, INPUT, INPUT) * 2 - 1
+    enc = irse.randomize_(irse.Encoder4Editing(stylegan_size=SIZE, style_dim=DIM), calibration=calib)
+    enc_sd = {f"encoder.{k}": v for k, v in enc.state_dict().items()}
+    enc_sd.update({f"decoder.{k}": v for k, v in gen.state_dict().items()})
+    torch.save({"state_dict": enc_sd, "latent_avg": latent_avg.repeat(N_LATENT, 1),
+                "opts": {"encoder_type": "Encoder4Editing", "dataset_type": "ffhq_encode"}}, src / "stylegan2.pt")
+    mapper = randomize_layer_norms_(TorchMapper(N_LATENT, DIM)).eval()
+    torch.save(release_checkpoint(mapper, gen), src / "sub" / "ViT-B-32.pt")  # no latent_avg: from the generator
+    clip = tclip.randomize_(tclip.CLIP(**{k: v for k, v in tiny_config().items() if k != "vision_heads"})).eval()
+    torch.save(clip.state_dict(), src / "e4e_ffhq_encode.pt")
+    torch.save(tparsenet.build(feature_scale=16).state_dict(), src / "model_ir_se50.pth")
+    tmoco.save_moco_checkpoint(tmoco.build((1, 1, 1, 1), width=8), src / "stylegan2-car.pt")
+    torch.save({"model": {"weight": torch.zeros(2)}}, src / "e4e_cars_encode.pt")
+    (src / "notes.txt").write_text("not a checkpoint")
+    torch.set_num_threads(threads)
+    out = d / "weights"
+    env = dict(os.environ, PYTHONPATH=ROOT, JAX_PLATFORMS="cpu")
+    r = subprocess.run([sys.executable, "-m", "convert_weights", "all", "--from", str(src), "--output", str(out),
+                        "--e4e-input-size", str(INPUT), str(INPUT)], capture_output=True, text=True, env=env, cwd=ROOT)
+    assert r.returncode == 0, r.stderr
+    return dict(dir=d, src=src, out=out, stdout=r.stdout, gen=gen, enc=enc, mapper=mapper, clip=clip,
+                latent_avg=latent_avg)
+
+
+@pytest.fixture(scope="module")
+def editor(upstream):
+    return Editor.from_pretrained(str(upstream["out"]), batch_size=BATCH, cache_dir=str(upstream["dir"] / "cache"))
+
+
+def faces(n, seed=0, size=40):
+    return np.random.default_rng(seed).integers(0, 256, (n, size, size, 3), dtype=np.uint8)
+
+
+def test_convert_all_by_content(upstream):
+    src, out = upstream["src"], upstream["out"]
+    manifest = json.loads((out / "manifest.json").read_text())
+    want = {"generator": ("ffclip_ffhq.pth", "stylegan2"), "e4e": ("stylegan2.pt", "e4e"),
+            "mapper": ("sub/ViT-B-32.pt", "ffclip_mapper"), "clip": ("e4e_ffhq_encode.pt", "clip"),
+            "parsenet": ("model_ir_se50.pth", "parsenet"),
+            "moco": ("stylegan2-car.pt", "moco")}
+    assert manifest["networks"] == {n: n for n in want}
+    assert {n: (os.path.relpath(s["file"], src), s["model"]) for n, s in manifest["sources"].items()} == want
+    assert sorted(os.path.basename(s["file"]) for s in manifest["skipped"]) == ["e4e_cars_encode.pt", "notes.txt"]
+    assert "skipped" in upstream["stdout"] and "notes.txt" in upstream["stdout"]
+    for network, (_, model) in want.items():
+        assert pretrained.read_meta(str(out / network))["model"] == model
+    # the FFCLIP file has no latent_avg: it came from the StyleGAN2 file
+    _, gv = pretrained.load(str(out / "mapper" / "generator"))
+    np.testing.assert_array_equal(gv["buffers"]["latent_avg"], upstream["latent_avg"].numpy())
+    assert not [f for f in os.listdir(upstream["dir"]) if f.startswith(".weights")]
+
+
+def test_detect_arcface(tmp_path):
+    from convert_weights.all import detect_file
+
+    keys = ["input_layer.0.weight", "body.0.res_layer.0.weight", "output_layer.3.weight"]
+    torch.save({k: torch.zeros(1) for k in keys}, tmp_path / "ffclip.pth")
+    assert detect_file(str(tmp_path / "ffclip.pth")) == ("arcface", "", False)
+
+
+def test_convert_all_errors(upstream, tmp_path, capsys):
+    src, out = upstream["src"], upstream["out"]
+    assert run_cli(convert_main, ["all", "--from", str(src), "--output", str(out)]) == 2
+    assert "already exists" in capsys.readouterr().err
+    (tmp_path / "junk").mkdir()
+    (tmp_path / "junk" / "a.pt").write_bytes(b"\x00garbage")
+    with pytest.raises(FFCLIPError, match="no recognised checkpoint among 1 file"):
+        convert_main(["all", "--from", str(tmp_path / "junk"), "--output", str(tmp_path / "o")])
+    (tmp_path / "two").mkdir()
+    for name in ("x.pt", "y.pt"):
+        torch.save(tparsenet.build(feature_scale=16).state_dict(), tmp_path / "two" / name)
+    with pytest.raises(FFCLIPError, match="two parsenet checkpoints"):
+        convert_main(["all", "--from", str(tmp_path / "two"), "--output", str(tmp_path / "o")])
+    assert not (tmp_path / "o").exists()
+
+
+def test_resolve_weights_directories(upstream, tmp_path):
+    out = upstream["out"]
+    assert resolve(str(out)).networks["e4e"] == str(out / "e4e")
+    only_mapper = resolve(str(out / "mapper"))  # a `convert_weights ffclip` directory
+    assert only_mapper.networks == {"mapper": str(out / "mapper"), "generator": str(out / "mapper" / "generator")}
+    with pytest.raises(FFCLIPError, match=r"has no e4e encoder: needed for --images$"):
+        only_mapper.path("e4e", "--images")
+    workdir = tmp_path / "run"
+    workdir.mkdir()
+    (workdir / "config.json").write_text("{}")
+    with pytest.raises(FFCLIPError, match="training workdir .* has no exported weights"):
+        resolve(str(workdir))
+    (workdir / "weights").mkdir()  # the trainer's export: absolute paths to the networks it was trained with
+    (workdir / "weights" / "manifest.json").write_text(json.dumps(
+        {"format": "ffclip-jax", "networks": {"mapper": str(out / "mapper"), "generator": "../../missing"}}))
+    with pytest.raises(FFCLIPError, match="network 'generator' is at .*missing, which does not exist"):
+        resolve(str(workdir))
+    (workdir / "weights" / "manifest.json").write_text(json.dumps(
+        {"format": "ffclip-jax", "networks": {"mapper": str(out / "mapper"), "generator": str(out / "e4e")}}))
+    with pytest.raises(FFCLIPError, match="generator at .* holds a 'e4e' model, expected 'stylegan2'"):
+        resolve(str(workdir)).path("generator")
+    with pytest.raises(FFCLIPError, match="no manifest.json"):
+        resolve(str(tmp_path))
+
+
+def test_edit_api(upstream, editor):
+    """Shapes, strength 0 = the reconstruction exactly, codes = invert(images), and the whole chain (e4e -> CLIP text
+    -> mapper -> generator) against the PyTorch references."""
+    n, images = 3, faces(3)
+    prompts, strengths = ["blue hair", "Man aged 10"], [0.0, 1.5]
+    r = editor.edit(images, prompts, strengths)
+    assert r.images.shape == (n, 2, 2, SIZE, SIZE, 3) and r.latents.shape == (n, 2, 2, N_LATENT, DIM)
+    assert r.source_latents.shape == (n, N_LATENT, DIM) and r.reconstructions.shape == (n, SIZE, SIZE, 3)
+    np.testing.assert_array_equal(r.source_latents, editor.invert(images))
+    np.testing.assert_array_equal(r.latents[:, :, 0], np.broadcast_to(r.source_latents[:, None], (n, 2, N_LATENT, DIM)))
+    np.testing.assert_array_equal(r.images[:, :, 0], np.broadcast_to(r.reconstructions[:, None], (n, 2, SIZE, SIZE, 3)))
+    assert np.abs(r.images[:, :, 1] - r.reconstructions[:, None]).mean() > 1e-3  # edits change the image
+
+    with torch.no_grad():
+        x = torch.from_numpy(np.stack([np.asarray(Image.fromarray(a).resize((INPUT, INPUT), Image.BILINEAR),
+                                                  np.float32) for a in images]))
+        x = (x.permute(0, 3, 1, 2) / 255 - 0.5) / 0.5
+        w = upstream["enc"](x) + upstream["latent_avg"]
+        # each stage from our previous stage's output, so differences do not compound. The random mapper is
+        # ill-conditioned on these codes (float32 torch is 8e-3 off float64 torch): the oracle runs in float64
+        ours_w, ours_e = torch.from_numpy(r.source_latents).double(), torch.from_numpy(editor.text_embeddings(prompts))
+        e = upstream["clip"].encode_text(torch.from_numpy(tokenize(prompts)).long())
+        mapper64 = copy.deepcopy(upstream["mapper"]).double()
+        delta = torch.stack([mapper64(ours_w, ours_e[j:j + 1, None].double().expand(n, 1, DIM)) for j in range(2)], 1)
+        w_hat = ours_w[:, None, None] + torch.tensor(strengths, dtype=torch.float64)[None, None, :, None, None] * \
+            delta[:, :, None]
+        ours_edited = torch.from_numpy(r.latents[:, :, 1].reshape(-1, N_LATENT, DIM))  # strength 0 checked above
+        img = upstream["gen"]([ours_edited], input_is_latent=True, randomize_noise=False)[0]
+    assert_close(r.source_latents, w.numpy(), 2e-4, 2e-5)
+    assert_close(ours_e, e.numpy(), 1e-5, 1e-6)
+    assert_close(r.latents, w_hat.numpy(), 1e-2, 1e-4)
+    assert_close(r.images[:, :, 1], img.permute(0, 2, 3, 1).reshape(r.images[:, :, 1].shape).numpy(), 2e-4, 2e-5)
+
+
+def test_prompts_in_one_call_equal_separate_calls(editor):
+    w = editor.sample(2, seed=1, truncation=0.7)
+    assert w.shape == (2, N_LATENT, DIM)
+    together = editor.edit(w, ["Bald", "Blue eyes", "Sad"], 1.0)
+    for j, p in enumerate(["Bald", "Blue eyes", "Sad"]):
+        alone = editor.edit(w, p, 1.0)
+        np.testing.assert_array_equal(together.latents[:, j], alone.latents[:, 0])
+        np.testing.assert_array_equal(together.images[:, j], alone.images[:, 0])
+    assert len(os.listdir(editor.cache_dir)) >= 3  # the on-disk text cache has one entry per prompt
+
+
+def test_cli(upstream, tmp_path, capsys):
+    photos = tmp_path / "photos"
+    photos.mkdir()
+    for i, a in enumerate(faces(2, seed=2, size=48)):
+        Image.fromarray(a).save(photos / f"face {i}.png")
+    (photos / "broken.png").write_bytes(b"not a png")
+    out = tmp_path / "out"
+    base = ["--weights", str(upstream["out"]), "--cache-dir", str(upstream["dir"] / "cache"), "--batch-size",
+            str(BATCH)]
+    assert run_cli(edit_lib.main, base + ["--text", "blue hair", "--text", "Man aged 10", "--strength", "0.5,1",
+                                          "--images", str(photos), "--output", str(out), "--save-latents"]) == 0
+    err = capsys.readouterr().err
+    assert "skipped 1 unreadable file(s)" in err and "broken.png" in err
+    files = set(os.listdir(out))
+    for name in ("face_0", "face_1"):
+        assert f"{name}__reconstruction.png" in files
+        for p in ("blue_hair", "Man_aged_10"):
+            for s in ("0.5", "1"):
+                assert f"{name}__{p}__{s}.png" in files
+    grid = Image.open(out / "grid.png")
+    assert grid.size[0] > 6 * 128 and grid.size[1] > 2 * 128  # 2 rows: source, reconstruction, 4 edits
+    latents = np.load(out / "latents.npy")
+    assert latents.shape == (2, 2, 2, N_LATENT, DIM)
+    meta = json.loads((out / "latents.json").read_text())
+    assert meta["prompts"] == ["blue hair", "Man aged 10"] and meta["strengths"] == [0.5, 1.0]
+
+    np.save(tmp_path / "w.npy", latents[:, 0, 0])
+    assert run_cli(edit_lib.main, base + ["--text", "Bald", "--latents", str(tmp_path / "w.npy"),
+                                          "--output", str(tmp_path / "out2")]) == 0
+    assert {"latent0000__Bald__1.png", "latent0001__Bald__1.png", "grid.png"} <= set(os.listdir(tmp_path / "out2"))
+    assert run_cli(edit_lib.main, base + ["--text", "Bald", "--random", "3", "--seed", "1", "--truncation", "0.7",
+                                          "--output", str(tmp_path / "out3"), "--save-latents"]) == 0
+    assert np.load(tmp_path / "out3" / "latents.npy").shape == (3, 1, 1, N_LATENT, DIM)
+
+
+def test_bad_inputs(upstream, tmp_path, capsys):
+    base = ["--weights", str(upstream["out"]), "--output", str(tmp_path / "o")]
+    np.save(tmp_path / "wrong.npy", np.zeros((2, N_LATENT + 1, DIM), np.float32))
+    (tmp_path / "bad.jpg").write_bytes(b"\xff\xd8 truncated")
+    cases = [
+        (base + ["--random", "2"], "no prompt given"),
+        (base + ["--text", "Bald", "--images", str(tmp_path / "bad.jpg")], "none of the 1 files could be read"),
+        (base + ["--text", "Bald", "--latents", str(tmp_path / "wrong.npy")],
+         rf"expected float w\+ of shape \(N, {N_LATENT}, {DIM}\), got float32 \(2, {N_LATENT + 1}, {DIM}\)"),
+        (["--weights", str(upstream["out"] / "mapper"), "--output", str(tmp_path / "o"), "--text", "Bald",
+          "--images", str(tmp_path / "bad.jpg")], "has no e4e encoder: needed for --images"),
+        (["--weights", str(upstream["out"] / "mapper"), "--output", str(tmp_path / "o"), "--text", "Bald",
+          "--random", "1"], "has no CLIP model: needed for --text prompts"),
+        (base + ["--text", "Bald", "--random", "1", "--strength", "1,x"], "expected comma-separated numbers"),
+        (["--weights", str(tmp_path / "nowhere"), "--output", str(tmp_path / "o"), "--text", "Bald", "--random", "1"],
+         "no such directory"),
+    ]
+    for argv, message in cases:
+        assert run_cli(edit_lib.main, argv) == 2, argv
+        err = capsys.readouterr().err  # progress bars (\r-separated) may precede the error line
+        last = err.rstrip("\n").split("\n")[-1]
+        assert err.endswith("\n") and last.startswith("error: ") and re.search(message, last), err
+    assert not (tmp_path / "o").exists()

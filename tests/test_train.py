@@ -1,0 +1,223 @@
+"""train.py and ffclip_jax.train_lib: config errors, sharded step == single-device step, the real trainer on the tiny
+random networks and synthetic latents (loss goes down, preempt + resume == uninterrupted, restore on 1 device)."""
+import importlib.util
+import os
+import signal
+import subprocess
+import sys
+
+import jax
+import jax.numpy as jnp
+import numpy as np
+import pytest
+
+from ffclip_jax import train_lib as tl
+from ffclip_jax.errors import ConfigError
+
+ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
+
+
+def _train_module():
+    spec = importlib.util.spec_from_file_location("ffclip_train", os.path.join(ROOT, "train.py"))
+    module = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(module)
+    return module
+
+
+train = _train_module()
+
+
+@pytest.fixture(scope="module")
+def assets(tmp_path_factory):
+    from ffclip_jax import tiny
+
+    return tiny.ensure_assets(str(tmp_path_factory.mktemp("tiny_assets")))
+
+
+def tiny_config(assets, cache, **overrides):
+    """configs/tiny.py on the shared assets; the cheap losses only (ArcFace IR-SE50 has no small variant)."""
+    config, _ = train.parse_args(["--config", os.path.join(ROOT, "configs/tiny.py"), "--workdir", "unused"])
+    with config.unlocked():
+        config.tiny = False
+        for name in tl.NETWORK_MODEL:
+            config.weights[name] = assets[name]
+        config.data_dir = assets["data_dir"]
+        config.prompt_cache_dir = str(cache / "prompts")
+        config.jit_cache_dir = str(cache / "jit")
+        config.loss.id = 0.0
+        config.train.batch_size = 8
+        config.train.num_steps = 6
+        config.eval.every_steps = 3
+        config.log.every_steps = 3
+        config.log.checkpoint_every_steps = 100
+    for key, value in overrides.items():
+        train.apply_override(config, key, str(value))
+    return config
+
+
+# ---------------------------------------------------------------------------------------------------------------
+# errors before anything is compiled
+
+
+def test_unknown_config_key_is_one_line_error():
+    with pytest.raises(ConfigError, match=r"unknown config key 'train.batchsize'.*batch_size") as e:
+        train.parse_args(["--config", os.path.join(ROOT, "configs/tiny.py"), "--workdir", "w",
+                          "--config.train.batchsize=4"])
+    assert "\n" not in str(e.value)
+    with pytest.raises(ConfigError, match="expected a int"):
+        train.parse_args(["--config", os.path.join(ROOT, "configs/tiny.py"), "--workdir", "w",
+                          "--config.train.batch_size=many"])
+
+
+def test_overrides_typed():
+    config, workdir = train.parse_args(["--config", os.path.join(ROOT, "configs/ffhq.py"), "--workdir", "w",
+                                        "--config.train.batch_size=64", "--config.model.remat", "true",
+                                        "--config.eval.grid_prompts=Bald,Sad", "--config.loss.id=0.5"])
+    assert (config.train.batch_size, config.model.remat, config.eval.grid_prompts, config.loss.id) == \
+        (64, True, ("Bald", "Sad"), 0.5)
+    assert config.train.learning_rate == 5e-4 and config.train.lr_milestones == (0.5, 0.75, 0.9, 0.95)
+
+
+def test_missing_weights_reported_before_compiling(tmp_path):
+    """CLI: one line `error: ...` naming the config field, exit status 2, nothing compiled or written."""
+    workdir = tmp_path / "run"
+    cmd = [sys.executable, os.path.join(ROOT, "train.py"), "--config", os.path.join(ROOT, "configs/ffhq.py"),
+           "--workdir", str(workdir), f"--config.weights.generator={tmp_path / 'nope'}"]
+    out = subprocess.run(cmd, capture_output=True, text=True, cwd=ROOT, timeout=120)
+    assert out.returncode == 2, out.stderr
+    lines = out.stderr.strip().splitlines()
+    assert len(lines) == 1 and lines[0].startswith("error: config.weights.generator=") and "nope" in lines[0]
+    assert not workdir.exists()
+
+
+def test_empty_and_wrong_weights(assets, tmp_path):
+    config = tiny_config(assets, tmp_path)
+    with config.unlocked():
+        config.weights.parsenet = ""
+    with pytest.raises(ConfigError, match=r"config.weights.parsenet is empty but loss.background=2.0 needs it"):
+        tl.check_weights(config)
+    with config.unlocked():
+        config.weights.parsenet = assets["moco"]
+    with pytest.raises(ConfigError, match=r"config.weights.parsenet=.*holds a 'moco' model, expected 'parsenet'"):
+        tl.check_weights(config)
+
+
+# ---------------------------------------------------------------------------------------------------------------
+# the sharded step
+
+
+def test_sharded_step_equals_single_device(assets, tmp_path):
+    """One step on 8 devices (batch sharded, frozen weights sharded) equals one step on 1 device. Run in float64: the
+    upstream mapper at random init normalises a near-constant channel-attention output (LayerNorm of variance ~1e-9
+    against eps 1e-5), so float32 rounding that differs with the per-device batch is amplified to percent-level
+    gradient differences; in float64 both programs compute the same function and must agree to 1e-6."""
+    import dataclasses
+
+    from ffclip_jax import clip as clip_lib
+    from ffclip_jax.prompts import load_prompts
+
+    assert jax.device_count() == 8
+    config = tiny_config(assets, tmp_path, **{"loss.background": 0.0})  # generator + CLIP + latent terms
+    nets, frozen = tl.load_networks(config)
+    frozen["prompts"] = clip_lib.prompt_embeddings(config.weights.clip, load_prompts(config.prompts),
+                                                   config.prompt_cache_dir, clip=(nets.clip, frozen["clip"]))
+    rng = np.random.RandomState(0)
+    batch = {"w": rng.randn(8, nets.mapper.n_latent, nets.mapper.style_dim) * 0.5,
+             "prompt": rng.randint(0, len(frozen["prompts"]), 8).astype(np.int32)}
+    params = tl.init_mapper_params(config, nets.mapper, 0)
+    opts = dataclasses.replace(tl.step_options(config), compute_dtype="float64")
+    results = []
+    with jax.enable_x64(True):
+        f64 = lambda tree: jax.tree.map(lambda a: np.asarray(a, np.float64) if np.issubdtype(
+            np.asarray(a).dtype, np.floating) else np.asarray(a), tree)
+        params, frozen, batch = f64(params), f64(frozen), f64(batch)
+        optimizer, schedule = tl.make_optimizer(config, 10)
+        for devices, rule in ((jax.devices()[:1], "replicate"), (jax.devices(), "fsdp")):
+            mesh = tl.make_mesh(devices)
+            state = tl.create_state(params, optimizer, 0)
+            ss = tl.state_sharding(mesh, state)
+            fs = tl.frozen_sharding(mesh, frozen, rule, min_size=1024)
+            step = tl.make_train_step(nets, opts, optimizer, schedule, mesh, ss, fs)
+            state, metrics = step(tl.put(state, ss), tl.put(frozen, fs), tl.put(batch, jax.tree.map(
+                lambda _: tl.batch_sharding(mesh), batch)))
+            results.append(jax.device_get((state.params, metrics)))
+    (p1, m1), (p8, m8) = results
+    for k in m1:
+        np.testing.assert_allclose(m8[k], m1[k], rtol=1e-6, atol=1e-6, err_msg=k)
+    diff = max(float(np.max(np.abs(a - b))) for a, b in zip(jax.tree.leaves(p1), jax.tree.leaves(p8)))
+    assert diff <= 1e-6, diff
+    assert m1["grad_norm"] > 0 and m1["lr"] == pytest.approx(1e-3)
+
+
+def test_lr_schedule_multistep():
+    config = tl.base_config()
+    _, schedule = tl.make_optimizer(config, 100)
+    assert [float(schedule(s)) for s in (0, 49, 50, 75, 90, 95, 99)] == pytest.approx(
+        [5e-4, 5e-4, 2.5e-4, 1.25e-4, 6.25e-5, 3.125e-5, 3.125e-5])
+
+
+# ---------------------------------------------------------------------------------------------------------------
+# the real trainer
+
+
+@pytest.fixture(scope="module")
+def runs(assets, tmp_path_factory):
+    """An uninterrupted 6-step run, and one preempted (SIGTERM) after step 3 then resumed."""
+    cache = tmp_path_factory.mktemp("cache")
+    base = tmp_path_factory.mktemp("runs")
+    full = train.train_and_evaluate(tiny_config(assets, cache), str(base / "full"))
+
+    def preempt(step):
+        if step == 3:
+            signal.raise_signal(signal.SIGTERM)
+
+    first = train.train_and_evaluate(tiny_config(assets, cache), str(base / "resumed"), on_step=preempt)
+    second = train.train_and_evaluate(tiny_config(assets, cache), str(base / "resumed"))
+    return full, first, second
+
+
+def test_tiny_training_reduces_loss(runs):
+    full, _, _ = runs
+    losses = [h["val_loss"] for h in full["val_history"]]  # steps 0 (untrained), 3 and 6
+    assert len(losses) == 3 and losses[-1] < losses[0], losses
+    assert os.path.isfile(os.path.join(full["grids"], "step_000006.png"))
+    assert full["best"]["step"] == 6 and os.path.isdir(os.path.join(full["workdir"], "checkpoints", "6"))
+
+
+def test_preempt_and_resume_equals_uninterrupted(runs):
+    full, first, second = runs
+    assert first["preempted"] and first["step"] == 3
+    assert not second["preempted"] and second["step"] == 6
+    _, _, p_full, _ = tl.restore_params(full["workdir"], "latest")
+    _, _, p_resumed, _ = tl.restore_params(second["workdir"], "latest")
+    for a, b in zip(jax.tree.leaves(p_full), jax.tree.leaves(p_resumed)):
+        np.testing.assert_allclose(a, b, rtol=0, atol=1e-6)
+
+
+def test_exported_weights_load(runs):
+    from ffclip_jax import pretrained
+
+    full, _, _ = runs
+    mapper, variables = pretrained.load(full["weights"])
+    generator, gen_vars = pretrained.load(os.path.join(full["weights"], "generator"))
+    w = jnp.zeros((1, mapper.n_latent, mapper.style_dim))
+    assert mapper.apply(variables, w, jnp.ones((1, mapper.style_dim))).shape == w.shape
+    _, _, params, _ = tl.restore_params(full["workdir"], "best")
+    for a, b in zip(jax.tree.leaves(params), jax.tree.leaves(variables["params"])):
+        np.testing.assert_array_equal(a, b)
+
+
+def test_restore_8_devices_onto_1(runs):
+    """A checkpoint written on 8 devices restores in a 1-device process to the same parameters."""
+    full, _, _ = runs
+    _, _, params, _ = tl.restore_params(full["workdir"], "latest")
+    code = ("import jax, numpy as np\nfrom ffclip_jax import train_lib as tl\nassert jax.device_count() == 1\n"
+            f"_, _, p, step = tl.restore_params({full['workdir']!r}, 'latest')\n"
+            "print(step, repr(float(sum(np.abs(a).sum() for a in jax.tree.leaves(p)))))")
+    env = dict(os.environ, XLA_FLAGS="--xla_force_host_platform_device_count=1", JAX_PLATFORMS="cpu",
+               PYTHONPATH=ROOT)
+    out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, env=env, timeout=300)
+    assert out.returncode == 0, out.stderr[-2000:]
+    step, total = out.stdout.split()
+    assert int(step) == 6
+    assert float(total) == pytest.approx(float(sum(np.abs(a).sum() for a in jax.tree.leaves(params))), rel=1e-7)
