@@ -16,7 +16,6 @@ import functools
 import hashlib
 import json
 import os
-import tempfile
 from typing import Any, Dict, Mapping, Optional, Sequence, Tuple, Union
 
 import jax
@@ -27,6 +26,7 @@ from transformers.models.clip.modeling_flax_clip import FlaxCLIPModule
 
 from ffclip_jax import image_ops
 from ffclip_jax.errors import CheckpointError, InputError
+from ffclip_jax.fileio import atomic_write
 
 HF_WEIGHTS = "flax_model.msgpack"  # written beside model.json with config.json: FlaxCLIPModel.from_pretrained(DIR)
 LOSS_LOGIT_SCALE = 100.0  # FFCLIP divides logits by the released CLIP's exp(logit_scale) = 100
@@ -239,15 +239,7 @@ def prompt_embeddings(clip_dir: str, prompts: Sequence[str], cache_dir: Optional
         from ffclip_jax import pretrained
         clip = pretrained.load(clip_dir)
     table = encode_text(clip, prompts).astype(np.float32)
-    os.makedirs(cache_dir, exist_ok=True)
-    fd, tmp = tempfile.mkstemp(prefix=".clip_text_", suffix=".npz", dir=cache_dir)
-    try:
-        with os.fdopen(fd, "wb") as f:
-            np.savez(f, embeddings=table, prompts=np.asarray(prompts))
-        os.replace(tmp, path)
-    except BaseException:
-        os.unlink(tmp)
-        raise
+    atomic_write(path, lambda tmp: np.savez(tmp, embeddings=table, prompts=np.asarray(prompts)))
     return table
 
 

@@ -32,6 +32,7 @@ import numpy as np
 
 from ffclip_jax import pretrained
 from ffclip_jax.errors import CheckpointError, InputError, run_cli
+from ffclip_jax.fileio import atomic_write, write_json_atomic
 from ffclip_jax.weights import WeightsDir, resolve
 
 DEFAULT_BATCH = 8
@@ -296,9 +297,8 @@ def _save_png(path: str, image: np.ndarray) -> None:
     from PIL import Image
 
     from ffclip_jax.grid import to_uint8
-    from ffclip_jax.invert import _atomic_write
 
-    _atomic_write(path, lambda tmp: Image.fromarray(to_uint8(image)).save(tmp, format="PNG"))
+    atomic_write(path, lambda tmp: Image.fromarray(to_uint8(image)).save(tmp, format="PNG"))
 
 
 def build_parser() -> argparse.ArgumentParser:
@@ -391,10 +391,10 @@ def main(argv=None) -> None:
         written += ", grid.png"
     if args.save_latents:
         latents = np.concatenate(edited)
-        invert_lib._atomic_write(os.path.join(args.output, "latents.npy"), lambda tmp: np.save(tmp, latents))
-        invert_lib._atomic_write(os.path.join(args.output, "latents.json"), lambda tmp: invert_lib._write_json(
-            tmp, {"sources": list(sources), "prompts": prompts, "strengths": strengths,
-                  "shape": "(sources, prompts, strengths, n_latent, style_dim)"}))
+        atomic_write(os.path.join(args.output, "latents.npy"), lambda tmp: np.save(tmp, latents))
+        write_json_atomic(os.path.join(args.output, "latents.json"),
+                          {"sources": list(sources), "prompts": prompts, "strengths": strengths,
+                           "shape": "(sources, prompts, strengths, n_latent, style_dim)"})
         written += f", latents.npy {latents.shape}"
     print(f"wrote {written} to {args.output}")
 

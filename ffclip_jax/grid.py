@@ -7,13 +7,12 @@ are enlarged (nearest neighbour) so labels stay legible.
 """
 from __future__ import annotations
 
-import os
-import tempfile
 from typing import Optional, Sequence
 
 import numpy as np
 
 from ffclip_jax.errors import InputError
+from ffclip_jax.fileio import atomic_write
 
 LABEL_HEIGHT = 16
 PAD = 2
@@ -75,15 +74,5 @@ def _fit(draw, text: str, font, width: int) -> str:
 def save_grid(path: str, images, column_labels=None, row_labels=None, min_cell: int = 128) -> str:
     """Write the grid as PNG atomically (temporary file + rename); returns `path`."""
     grid = make_grid(images, column_labels, row_labels, min_cell)
-    directory = os.path.dirname(os.path.abspath(path))
-    os.makedirs(directory, exist_ok=True)
-    fd, tmp = tempfile.mkstemp(prefix=".grid-", suffix=".png", dir=directory)
-    try:
-        with os.fdopen(fd, "wb") as f:
-            grid.save(f, format="PNG")
-        os.replace(tmp, path)
-    except BaseException:
-        if os.path.exists(tmp):
-            os.unlink(tmp)
-        raise
+    atomic_write(path, lambda tmp: grid.save(tmp, format="PNG"))
     return path

@@ -11,7 +11,6 @@ Images are NHWC; the maps act on axes 1 and 2 and are differentiable, jit-able c
 from __future__ import annotations
 
 import functools
-import math
 
 import jax.numpy as jnp
 import numpy as np

@@ -15,15 +15,14 @@ from __future__ import annotations
 
 import argparse
 import functools
-import json
 import os
 import sys
-import tempfile
 from typing import Callable, Iterable, List, Optional, Sequence, Tuple
 
 import numpy as np
 
 from ffclip_jax.errors import CheckpointError, InputError, run_cli
+from ffclip_jax.fileio import atomic_write, write_json_atomic
 
 IMAGE_EXTENSIONS = (".png", ".jpg", ".jpeg", ".bmp", ".webp", ".tif", ".tiff")
 ENCODER_MODELS = ("e4e", "psp")
@@ -146,27 +145,6 @@ def _read(path: str):
         return None
 
 
-def _atomic_write(path: str, write: Callable[[str], None]) -> None:
-    """write(tmp) into a temporary sibling of `path`, then rename it over `path`."""
-    directory = os.path.dirname(os.path.abspath(path))
-    os.makedirs(directory, exist_ok=True)
-    fd, tmp = tempfile.mkstemp(prefix=f".{os.path.basename(path)}.tmp-", dir=directory,
-                               suffix=os.path.splitext(path)[1])
-    os.close(fd)
-    try:
-        write(tmp)
-        os.replace(tmp, path)
-    except BaseException:
-        if os.path.exists(tmp):
-            os.remove(tmp)
-        raise
-
-
-def _write_json(path: str, obj) -> None:
-    with open(path, "w") as f:
-        json.dump(obj, f, indent=1)
-
-
 def reconstruct(generator, gen_variables, codes: np.ndarray, size: Tuple[int, int], batch_size: int) -> np.ndarray:
     """Generator images of `codes` cropped to the encoder's aspect (cars: rows 64:448 of 512, as e4e does) and
     average-pooled to `size` (pSp's face_pool) -> (N, H, W, 3) in about [-1, 1]."""
@@ -197,7 +175,7 @@ def save_grid(path: str, inputs: np.ndarray, recons: np.ndarray) -> None:
     from PIL import Image
 
     grid = np.concatenate([np.concatenate([to_uint8(a), to_uint8(b)], axis=1) for a, b in zip(inputs, recons)])
-    _atomic_write(path, lambda tmp: Image.fromarray(grid).save(tmp, format="PNG"))
+    atomic_write(path, lambda tmp: Image.fromarray(grid).save(tmp, format="PNG"))
 
 
 def invert_files(encoder, variables, files: Sequence[str], *, batch_size: int = 8, resize: bool = True,
@@ -261,8 +239,8 @@ def main(argv=None) -> None:
                                                 resize=not args.no_resize,
                                                 keep_inputs=GRID_MAX_ROWS if args.grid else 0)
     sources = os.path.splitext(args.output)[0] + ".json"
-    _atomic_write(args.output, lambda tmp: np.save(tmp, codes))
-    _atomic_write(sources, lambda tmp: _write_json(tmp, done))
+    atomic_write(args.output, lambda tmp: np.save(tmp, codes))
+    write_json_atomic(sources, done)
     if skipped:
         print(f"skipped {len(skipped)} unreadable file(s): {', '.join(skipped)}", file=sys.stderr)
     print(f"wrote {codes.shape} codes to {args.output} and their sources to {sources}")

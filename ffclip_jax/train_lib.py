@@ -20,7 +20,7 @@ import functools
 import json
 import os
 import shutil
-from typing import Any, Dict, Mapping, Optional, Sequence, Tuple
+from typing import Any, Dict, Mapping, Optional, Tuple
 
 import jax
 import jax.numpy as jnp
@@ -32,6 +32,7 @@ from jax.sharding import Mesh, NamedSharding, PartitionSpec as P
 
 from ffclip_jax import pretrained
 from ffclip_jax.errors import CheckpointError, ConfigError
+from ffclip_jax.fileio import write_json_atomic  # noqa: F401  (train.py uses tl.write_json_atomic)
 
 DATA_AXIS = "data"
 LOSS_TERMS = ("clip", "embedding", "latent", "id", "background", "moco", "image_l1")
@@ -495,13 +496,6 @@ def read_best(workdir: str) -> Optional[Dict[str, Any]]:
         return None
     with open(path) as f:
         return json.load(f)
-
-
-def write_json_atomic(path: str, obj) -> None:
-    tmp = f"{path}.tmp-{os.getpid()}"
-    with open(tmp, "w") as f:
-        json.dump(obj, f, indent=2, sort_keys=True)
-    os.replace(tmp, path)
 
 
 def load_run_config(workdir: str) -> ml_collections.ConfigDict:
