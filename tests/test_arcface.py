@@ -15,17 +15,7 @@ from ffclip_jax import pretrained
 from ffclip_jax.arcface import Backbone
 from ffclip_jax.errors import FFCLIPError, run_cli
 from torch_ref import irse as ref
-
-ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
-
-
-def assert_close(a, b, max_tol, mean_tol):
-    d = np.abs(np.asarray(a, np.float64) - np.asarray(b, np.float64))
-    assert d.max() <= max_tol and d.mean() <= mean_tol, f"max {d.max():.3g} mean {d.mean():.3g}"
-
-
-def nhwc(t):
-    return t.detach().numpy().transpose(0, 2, 3, 1)
+from parity import ROOT, assert_close, nhwc
 
 
 def reference(num_layers, mode, seed):

@@ -2,7 +2,6 @@
 oracle, FFCLIP's CLIP and embedding losses with gradients, the prompt-embedding cache, bad inputs."""
 import functools
 import json
-import os
 import subprocess
 import sys
 
@@ -18,8 +17,8 @@ from ffclip_jax import pretrained
 from ffclip_jax.errors import CheckpointError, ConversionError, InputError
 from ffclip_jax.tokenizer import tokenize
 from torch_ref import clip as tref
+from parity import ROOT, nhwc
 
-ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 PROMPTS = ["Bald", "Blue eyes", "Taylor Swift", "a face with curly hair and a beard, smiling!"]
 
 
@@ -36,10 +35,6 @@ def assert_close(a, b, tol=1e-5):
 
 def openai_kwargs(config):
     return {k: v for k, v in config.items() if k != "vision_heads"}  # OpenAI derives heads as width // 64
-
-
-def nhwc(t):
-    return t.detach().numpy().transpose(0, 2, 3, 1)
 
 
 @functools.lru_cache(maxsize=None)

@@ -1,7 +1,6 @@
 """Training data: prompt lists, the ffclip_latents TFDS dataset (files and synthetic, read back without TensorFlow),
 input validation, and the deterministic, resumable, multi-process input pipeline with sharded placement."""
 import json
-import os
 import subprocess
 import sys
 
@@ -17,8 +16,8 @@ from ffclip_jax.data.__main__ import main as data_main
 from ffclip_jax.errors import FFCLIPError, run_cli
 from ffclip_jax.prompts import load_prompts
 from ffclip_jax.stylegan2 import Generator
+from parity import ROOT
 
-ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 N_TRAIN, N_TEST, N_LATENT, DIM = 37, 7, 6, 16  # custom domain: any (n_latent, style_dim)
 
 

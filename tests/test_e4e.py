@@ -21,17 +21,7 @@ from ffclip_jax.image_ops import resize_bilinear_align_corners
 from ffclip_jax.irse import Bottleneck, PReLU, unit_specs
 from torch_ref import irse as ref
 from torch_ref.stylegan2 import Generator as TorchGenerator, randomize_ as randomize_generator_
-
-ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
-
-
-def assert_close(a, b, max_tol, mean_tol):
-    d = np.abs(np.asarray(a, np.float64) - np.asarray(b, np.float64))
-    assert d.max() <= max_tol and d.mean() <= mean_tol, f"max {d.max():.3g} mean {d.mean():.3g}"
-
-
-def nhwc(t):
-    return t.detach().numpy().transpose(0, 2, 3, 1)
+from parity import ROOT, assert_close, nhwc
 
 
 def psp_checkpoint(encoder, decoder, latent_avg, opts):

@@ -26,15 +26,10 @@ from torch_ref import clip as tclip
 from torch_ref import irse, moco as tmoco, parsenet as tparsenet
 from torch_ref.mapper import DynamicMapper as TorchMapper, randomize_layer_norms_, release_checkpoint
 from torch_ref.stylegan2 import Generator as TorchGenerator, randomize_ as randomize_generator_
+from parity import ROOT, assert_close
 
-ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 SIZE, DIM, N_LATENT, INPUT = 16, 64, 6, 32  # generator size, style_dim (= tiny CLIP embed_dim), w+ layers, e4e input
 BATCH = 4
-
-
-def assert_close(a, b, max_tol, mean_tol):
-    d = np.abs(np.asarray(a, np.float64) - np.asarray(b, np.float64))
-    assert d.max() <= max_tol and d.mean() <= mean_tol, f"max {d.max():.3g} mean {d.mean():.3g}"
 
 
 @pytest.fixture(scope="module")

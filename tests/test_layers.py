@@ -15,14 +15,7 @@ from ffclip_jax import layers
 from ffclip_jax.errors import CheckpointError
 from ffclip_jax.torch_io import load_checkpoint
 from torch_ref import stylegan2 as ref
-
-
-def nchw(x):
-    return torch.from_numpy(np.asarray(x).transpose(0, 3, 1, 2).copy())
-
-
-def nhwc(t):
-    return t.detach().numpy().transpose(0, 2, 3, 1)
+from parity import nchw, nhwc
 
 
 @pytest.mark.parametrize("up,down,pad", [(1, 1, (0, 0)), (2, 1, (2, 1)), (1, 2, (1, 1)), (2, 2, (1, 2)), (3, 1, (2, 2)),

@@ -18,6 +18,7 @@ from test_parsenet import converted_parsenet
 from torch_ref import irse as torch_irse
 from torch_ref import moco as torch_moco
 from torch_ref import parsenet as torch_parsenet
+from parity import nchw
 
 
 # ---------------------------------------------------------------------------------------------------------------
@@ -55,10 +56,6 @@ def torch_moco_loss(resnet, y_hat, y):
 
 # ---------------------------------------------------------------------------------------------------------------
 # set-up
-
-
-def nchw(a):
-    return torch.from_numpy(np.ascontiguousarray(np.asarray(a).transpose(0, 3, 1, 2)))
 
 
 def images(size, batch, seed=0):

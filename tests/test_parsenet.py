@@ -13,8 +13,7 @@ from ffclip_jax import pretrained
 from ffclip_jax.errors import CheckpointError, InputError
 from torch_ref import moco as torch_moco
 from torch_ref import parsenet as torch_parsenet
-
-ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
+from parity import ROOT, assert_close
 
 
 def converted_parsenet(model, directory):
@@ -24,12 +23,6 @@ def converted_parsenet(model, directory):
     out = os.path.join(directory, "parsenet_jax")
     convert_main(["parsenet", "--input", path, "--output", out])
     return pretrained.load(out)
-
-
-def assert_close(got, want, max_tol, mean_tol):
-    d = np.abs(np.asarray(got, np.float64) - np.asarray(want, np.float64))
-    assert d.max() <= max_tol and d.mean() <= mean_tol, f"max {d.max():.3g} mean {d.mean():.3g}"
-    return d.max(), d.mean()
 
 
 def check_logits(model, net, x_nhwc):

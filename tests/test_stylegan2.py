@@ -15,8 +15,7 @@ from convert_weights.__main__ import main as convert_main
 from ffclip_jax import pretrained
 from ffclip_jax.errors import FFCLIPError
 from torch_ref.stylegan2 import Generator as TorchGenerator, randomize_
-
-ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
+from parity import ROOT, assert_close, nhwc
 
 
 def save_rosinality(path, tg, latent_avg=None, extra=True):
@@ -27,15 +26,6 @@ def save_rosinality(path, tg, latent_avg=None, extra=True):
         ckpt.update(g=tg.state_dict(), d={"convs.0.0.weight": torch.randn(4, 3, 1, 1)}, g_optim={}, d_optim={},
                     args=argparse.Namespace(size=tg.size, channel_multiplier=2, n_mlp=8))
     torch.save(ckpt, path)
-
-
-def assert_close(a, b, max_tol, mean_tol):
-    d = np.abs(np.asarray(a, np.float64) - np.asarray(b, np.float64))
-    assert d.max() <= max_tol and d.mean() <= mean_tol, f"max {d.max():.3g} mean {d.mean():.3g}"
-
-
-def to_nhwc(t):
-    return t.detach().numpy().transpose(0, 2, 3, 1)
 
 
 @pytest.fixture(scope="module", params=[(32, 2, 64), (64, 1, 128)], ids=["32-cm2", "64-cm1"])
@@ -64,7 +54,7 @@ def test_w_plus_fixed_noise(converted):
     with torch.no_grad():
         ref, _ = tg([torch.from_numpy(w)], input_is_latent=True, randomize_noise=False)
     assert ours.shape == (2, module.size, module.size, 3) and ours.dtype == jnp.float32
-    assert_close(ours, to_nhwc(ref), 5e-5, 5e-6)
+    assert_close(ours, nhwc(ref), 5e-5, 5e-6)
 
 
 def test_z_truncation_mixing_and_latents(converted):
@@ -76,7 +66,7 @@ def test_z_truncation_mixing_and_latents(converted):
         ref, ref_lat = tg([torch.from_numpy(z1), torch.from_numpy(z2)], randomize_noise=False, truncation=0.7,
                           truncation_latent=latent_avg, inject_index=3, return_latents=True)
     assert_close(lat, ref_lat.numpy(), 1e-5, 1e-6)
-    assert_close(img, to_nhwc(ref), 5e-5, 5e-6)
+    assert_close(img, nhwc(ref), 5e-5, 5e-6)
     # mapping network and an explicit truncation_latent
     mapped = module.apply(variables, z1, method=module.mapping)
     with torch.no_grad():
@@ -86,7 +76,7 @@ def test_z_truncation_mixing_and_latents(converted):
     with torch.no_grad():
         ref2, _ = tg([torch.from_numpy(z1)], randomize_noise=False, truncation=0.5,
                      truncation_latent=torch.from_numpy(t_lat))
-    assert_close(img2, to_nhwc(ref2), 5e-5, 5e-6)
+    assert_close(img2, nhwc(ref2), 5e-5, 5e-6)
 
 
 def test_noise_modes(converted):
@@ -96,7 +86,7 @@ def test_noise_modes(converted):
     zeros = [torch.zeros(1, 1, 2 ** ((i + 5) // 2), 2 ** ((i + 5) // 2)) for i in range(tg.num_layers)]
     with torch.no_grad():
         ref, _ = tg([torch.from_numpy(w)], input_is_latent=True, noise=zeros)
-    assert_close(none, to_nhwc(ref), 5e-5, 5e-6)
+    assert_close(none, nhwc(ref), 5e-5, 5e-6)
     r1 = module.apply(variables, w, input_is_latent=True, noise_mode="random", rngs={"noise": jax.random.PRNGKey(1)})
     r2 = module.apply(variables, w, input_is_latent=True, noise_mode="random", rngs={"noise": jax.random.PRNGKey(1)})
     r3 = module.apply(variables, w, input_is_latent=True, noise_mode="random", rngs={"noise": jax.random.PRNGKey(2)})
@@ -270,7 +260,7 @@ def test_config_f_1024_parity(tmp_path):
     img = jax.jit(lambda w: module.apply(variables, w, input_is_latent=True))(w)
     wt = torch.from_numpy(w).requires_grad_(True)
     ref, _ = tg([wt], input_is_latent=True, randomize_noise=False)
-    assert_close(img, to_nhwc(ref), 2e-4, 2e-5)
+    assert_close(img, nhwc(ref), 2e-4, 2e-5)
     (ref * torch.from_numpy(r.transpose(0, 3, 1, 2))).sum().backward()
     grad = jax.jit(jax.grad(lambda w: jnp.sum(module.apply(variables, w, input_is_latent=True) * r)))(w)
     rel = np.linalg.norm(np.asarray(grad) - wt.grad.numpy()) / np.linalg.norm(wt.grad.numpy())

@@ -13,8 +13,7 @@ import pytest
 
 from ffclip_jax import train_lib as tl
 from ffclip_jax.errors import ConfigError
-
-ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
+from parity import ROOT
 
 
 def _train_module():
