@@ -109,6 +109,8 @@ def main():
     ap.add_argument("--batch", type=int, default=2)
     ap.add_argument("--iters", type=int, default=5)
     ap.add_argument("--modes", default="forward,backward")
+    ap.add_argument("--jax-forms", default="input_scaling,grouped",
+                    help="JAX modconv forms to time (grouped convolutions are very slow on XLA:CPU)")
     ap.add_argument("--torch-device", default="cuda" if os.environ.get("CUDA_VISIBLE_DEVICES", "") else "cpu")
     ap.add_argument("--json", default=os.path.join(ROOT, "bench", "results", "generator.json"))
     ap.add_argument("--one", help=argparse.SUPPRESS)  # internal: run one configuration and print its JSON
@@ -118,7 +120,7 @@ def main():
         print(json.dumps(run_one(fw, form, mode, args.size, args.batch, args.iters, args.torch_device)))
         return
     configs = [(fw, form, mode) for mode in args.modes.split(",")
-               for fw, form in (("torch", "grouped"), ("jax", "input_scaling"), ("jax", "grouped"))]
+               for fw, form in [("torch", "grouped")] + [("jax", f) for f in args.jax_forms.split(",")]]
     results = []
     for fw, form, mode in configs:
         cmd = [sys.executable, __file__, "--size", str(args.size), "--batch", str(args.batch), "--iters",
