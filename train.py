@@ -116,8 +116,7 @@ def train_and_evaluate(config, workdir: str, *, on_step=None) -> dict:
     from ffclip_jax.prompts import load_prompts
 
     workdir = os.path.abspath(workdir)
-    if config.distributed:
-        jax.distributed.initialize()
+    tl.initialize_distributed(config)
     if config.jit_cache_dir:
         jax.config.update("jax_compilation_cache_dir", os.path.abspath(config.jit_cache_dir))
         jax.config.update("jax_persistent_cache_min_compile_time_secs", 0)
@@ -175,8 +174,9 @@ def train_and_evaluate(config, workdir: str, *, on_step=None) -> dict:
         batches.restore(data_state)
         print(f"resumed from {manager.directory}/{start} (step {start} of {total_steps})", flush=True)
     else:
-        params = tl.init_mapper_params(config, nets.mapper, config.seed)
-        state = jax.jit(lambda p: tl.create_state(p, optimizer, config.seed), out_shardings=state_shardings)(params)
+        params = jax.device_get(tl.init_mapper_params(config, nets.mapper, config.seed))  # same on every host
+        state = jax.jit(lambda p: tl.create_state(p, optimizer, config.seed), out_shardings=state_shardings)(
+            tl.put(params, state_shardings.params))
         if config.init_from:
             print(f"fine-tuning from {config.init_from}", flush=True)
     start = int(start or 0)
@@ -187,7 +187,8 @@ def train_and_evaluate(config, workdir: str, *, on_step=None) -> dict:
     # --- evaluation: validation loss on fixed (latent, prompt) pairs and the PNG grid -----------------------------
     grid_w = np.stack([np.asarray(test_source[i]["w"], np.float32)
                        for i in range(min(config.eval.grid_rows, len(test_source)))])
-    render = jax.jit(lambda p, g, w, e: tl.render_edits(p, g, w, e, nets=nets))
+    grid_w, grid_table = tl.put((grid_w, grid_table), (tl.replicated(mesh),) * 2)
+    render = jax.jit(lambda p, g, w, e: tl.render_edits(p, g, w, e, nets=nets), out_shardings=tl.replicated(mesh))
     grids_dir = os.path.join(workdir, tl.GRIDS_DIR)
 
     def evaluate(state, step):
@@ -239,7 +240,7 @@ def train_and_evaluate(config, workdir: str, *, on_step=None) -> dict:
                 for k, v in val.items():
                     writer.add_scalar(f"eval/{k}", v, 0)
         while step < total_steps:
-            if stop["signal"] is not None or manager.reached_preemption(step):
+            if tl.any_process(stop["signal"] is not None) or manager.reached_preemption(step):
                 if manager.latest_step() != step:
                     checkpoint(state)
                 manager.wait_until_finished()
@@ -277,8 +278,8 @@ def train_and_evaluate(config, workdir: str, *, on_step=None) -> dict:
                 checkpoint(state, {"val_loss": val["val_loss"]})
                 if best is None or val["val_loss"] < best["val_loss"]:
                     best = {"step": step, "val_loss": val["val_loss"], "grid": last_grid}
+                    manager.wait_until_finished()  # (on every process: orbax finalises with a barrier)
                     if chief:
-                        manager.wait_until_finished()
                         tl.write_json_atomic(os.path.join(workdir, tl.BEST_FILE), best)
             elif step % config.log.checkpoint_every_steps == 0:
                 checkpoint(state)

@@ -10,14 +10,9 @@ images/s and the ratio JAX / PyTorch; writes JSON.
 import argparse
 import json
 import os
-import platform
-import resource
-import subprocess
 import sys
-import time
 
-ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
-sys.path[:0] = [ROOT, os.path.join(ROOT, "tests")]
+import common
 
 
 def _torch_generator(size, seed=0):
@@ -39,39 +34,26 @@ def run_one(framework, form, mode, size, batch, iters, device):
         import torch
 
         dev = torch.device(device)
-        fused = form == "grouped"
-        if not fused:
+        if form != "grouped":  # rosinality's non-fused path: input scaling + shared conv + demodulation
             for m in tg.modules():
                 if hasattr(m, "fused"):
                     m.fused = False
-        tg = tg.to(dev)
-        for p in tg.parameters():
-            p.requires_grad_(False)
+        tg = tg.to(dev).requires_grad_(False)
         w = torch.from_numpy(w_np).to(dev)
 
         def step():
             if mode == "forward":
                 with torch.no_grad():
-                    img, _ = tg([w], input_is_latent=True, randomize_noise=False)
-                return img
+                    return tg([w], input_is_latent=True, randomize_noise=False)[0]
             wg = w.clone().requires_grad_(True)
             img, _ = tg([wg], input_is_latent=True, randomize_noise=False)
             img.square().mean().backward()
             return wg.grad
 
-        def sync():
-            if dev.type == "cuda":
-                torch.cuda.synchronize()
-
         if dev.type == "cuda":
             torch.cuda.reset_peak_memory_stats()
-        step(); sync()
-        t0 = time.perf_counter()
-        for _ in range(iters):
-            step()
-        sync()
-        dt = time.perf_counter() - t0
-        peak = torch.cuda.max_memory_allocated() if dev.type == "cuda" else None
+        dt = common.time_iters(step, iters, lambda _: torch.cuda.synchronize() if dev.type == "cuda" else None)
+        peak = common.torch_peak_bytes(dev)
     else:
         import jax
         import jax.numpy as jnp
@@ -84,23 +66,13 @@ def run_one(framework, form, mode, size, batch, iters, device):
         gen = Generator(**config, modconv=form)
         variables = jax.device_put(variables)
         w = jnp.asarray(w_np)
-        if mode == "forward":
-            fn = jax.jit(lambda v, w: gen.apply(v, w, input_is_latent=True))
-        else:
-            fn = jax.jit(jax.grad(lambda v, w: jnp.mean(jnp.square(gen.apply(v, w, input_is_latent=True))),
-                                  argnums=1))
-        fn(variables, w).block_until_ready()
-        t0 = time.perf_counter()
-        for _ in range(iters):
-            out = fn(variables, w)
-        out.block_until_ready()
-        dt = time.perf_counter() - t0
-        stats = jax.devices()[0].memory_stats() or {}
-        peak = stats.get("peak_bytes_in_use")
-    if peak is None:  # CPU: the process's peak resident set
-        peak = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss * 1024
+        render = lambda v, w: gen.apply(v, w, input_is_latent=True)
+        fn = jax.jit(render if mode == "forward" else jax.grad(lambda v, w: jnp.mean(jnp.square(render(v, w))),
+                                                               argnums=1))
+        dt = common.time_iters(lambda: fn(variables, w), iters, jax.block_until_ready)
+        peak = common.jax_peak_bytes()
     return dict(framework=framework, form=form, mode=mode, size=size, batch=batch, iters=iters,
-                images_per_s=batch * iters / dt, peak_bytes=int(peak))
+                images_per_s=batch * iters / dt, peak_bytes=peak)
 
 
 def main():
@@ -111,8 +83,8 @@ def main():
     ap.add_argument("--modes", default="forward,backward")
     ap.add_argument("--jax-forms", default="input_scaling,grouped",
                     help="JAX modconv forms to time (grouped convolutions are very slow on XLA:CPU)")
-    ap.add_argument("--torch-device", default="cuda" if os.environ.get("CUDA_VISIBLE_DEVICES", "") else "cpu")
-    ap.add_argument("--json", default=os.path.join(ROOT, "bench", "results", "generator.json"))
+    ap.add_argument("--torch-device", default=common.default_torch_device())
+    ap.add_argument("--json", default=os.path.join(common.ROOT, "bench", "results", "generator.json"))
     ap.add_argument("--one", help=argparse.SUPPRESS)  # internal: run one configuration and print its JSON
     args = ap.parse_args()
     if args.one:
@@ -123,33 +95,27 @@ def main():
                for fw, form in [("torch", "grouped")] + [("jax", f) for f in args.jax_forms.split(",")]]
     results = []
     for fw, form, mode in configs:
-        cmd = [sys.executable, __file__, "--size", str(args.size), "--batch", str(args.batch), "--iters",
-               str(args.iters), "--torch-device", args.torch_device, "--one", f"{fw}:{form}:{mode}"]
-        out = subprocess.run(cmd, capture_output=True, text=True)
-        if out.returncode != 0:
-            print(f"{fw}/{form}/{mode} failed:\n{out.stderr[-2000:]}", file=sys.stderr)
+        try:
+            r = common.run_child(__file__, ["--size", args.size, "--batch", args.batch, "--iters", args.iters,
+                                            "--torch-device", args.torch_device, "--one", f"{fw}:{form}:{mode}"])
+        except RuntimeError as e:
+            print(f"{fw}/{form}/{mode} failed: {e}", file=sys.stderr)
             continue
-        results.append(json.loads(out.stdout.strip().splitlines()[-1]))
-        r = results[-1]
+        results.append(r)
         print(f"  {fw:5s} {form:13s} {mode:8s} {r['images_per_s']:8.3f} img/s  peak {r['peak_bytes'] / 2**20:8.0f} MiB",
               flush=True)
+    hardware = common.hardware()
     base = {r["mode"]: r for r in results if r["framework"] == "torch"}
-    print(f"\nStyleGAN2 {args.size}px, batch {args.batch}, {platform.processor() or platform.machine()}, "
-          f"{os.cpu_count()} CPUs")
+    print(f"\nStyleGAN2 {args.size}px, batch {args.batch}, {hardware['jax_device']} ({hardware['machine']}, "
+          f"{hardware['cpus']} CPUs)")
     print(f"{'framework':9s} {'modconv':13s} {'mode':8s} {'img/s':>8s} {'vs torch':>8s} {'peak MiB':>9s}")
     for r in results:
         t = base.get(r["mode"])
-        ratio = r["images_per_s"] / t["images_per_s"] if t else float("nan")
-        r["ratio_vs_torch"] = ratio
-        print(f"{r['framework']:9s} {r['form']:13s} {r['mode']:8s} {r['images_per_s']:8.3f} {ratio:8.2f}x "
+        r["ratio_vs_torch"] = r["images_per_s"] / t["images_per_s"] if t else None
+        ratio = f"{r['ratio_vs_torch']:7.2f}x" if t else f"{'-':>8s}"
+        print(f"{r['framework']:9s} {r['form']:13s} {r['mode']:8s} {r['images_per_s']:8.3f} {ratio} "
               f"{r['peak_bytes'] / 2**20:9.0f}")
-    os.makedirs(os.path.dirname(args.json), exist_ok=True)
-    tmp = args.json + ".tmp"
-    with open(tmp, "w") as f:
-        json.dump({"size": args.size, "batch": args.batch, "machine": platform.platform(), "results": results}, f,
-                  indent=2)
-    os.replace(tmp, args.json)
-    print(f"wrote {args.json}")
+    common.write_results(args.json, dict(size=args.size, batch=args.batch, hardware=hardware, results=results))
 
 
 if __name__ == "__main__":

@@ -4,29 +4,23 @@ PyTorch pipeline from tests/torch_ref with upstream's exact operations (the lite
 CLIP, AdaptiveAvgPool2d for ID and parsing), same sizes, random weights (ViT-B/32, IR-SE50, UNet/4, 4-block mapper).
 
     python bench/train_step.py --size 256 --batch 2 [--iters 3] [--json bench/results/train_step.json]
+    python bench/train_step.py --memory-only --size 1024 --batch 8 [--remat]   # XLA's memory plan, nothing run
 
 Each framework runs in its own subprocess so its peak memory is its own: on GPU/TPU the device's peak bytes, on CPU
-the process's peak RSS. Prints a table with images/s and JAX / PyTorch; writes JSON.
+the process's peak RSS. Prints a table with images/s and JAX / PyTorch; writes JSON. `--memory-only` compiles the
+JAX step for abstract inputs (no weights allocated) and prints the compiled program's memory plan on this backend
+(arguments + outputs + temporaries - donated aliases): how the ffhq step at batch 8 per device is checked against a
+16 GB device from a machine without one.
 """
 import argparse
 import json
 import math
 import os
-import platform
-import resource
-import subprocess
 import sys
-import time
 
-ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
-sys.path[:0] = [ROOT, os.path.join(ROOT, "tests")]
+import common
 
 WEIGHTS = dict(id=0.9, clip=1.0, latent=1.6, background=2.0, embedding=1.0)  # upstream FFHQ
-
-
-def _peak(device_bytes):
-    return int(device_bytes if device_bytes is not None else
-               resource.getrusage(resource.RUSAGE_SELF).ru_maxrss * 1024)
 
 
 def run_torch(size, batch, iters, device):
@@ -81,22 +75,15 @@ def run_torch(size, batch, iters, device):
         opt.step()
         return loss
 
-    def sync():
-        if dev.type == "cuda":
-            torch.cuda.synchronize()
-
     if dev.type == "cuda":
         torch.cuda.reset_peak_memory_stats()
-    step(); sync()
-    t0 = time.perf_counter()
-    for _ in range(iters):
-        step()
-    sync()
-    dt = time.perf_counter() - t0
-    return dt, _peak(torch.cuda.max_memory_allocated() if dev.type == "cuda" else None)
+    dt = common.time_iters(step, iters, lambda _: torch.cuda.synchronize() if dev.type == "cuda" else None)
+    return dt, common.torch_peak_bytes(dev)
 
 
-def run_jax(size, batch, iters, remat=False, dtype="float32"):
+def build_jax(size, batch, remat=False, dtype="float32", abstract=False):
+    """(jitted step, state, frozen, batch) of the FFCLIP step on a mesh over this process's devices; `abstract`:
+    shapes only (jax.ShapeDtypeStruct with shardings), nothing allocated."""
     import jax
     import jax.numpy as jnp
     import numpy as np
@@ -108,37 +95,66 @@ def run_jax(size, batch, iters, remat=False, dtype="float32"):
     from ffclip_jax.stylegan2 import Generator
 
     config = tl.base_config()
-    config.model.remat, config.model.compute_dtype = remat, dtype
     gen = Generator(size=size, remat=remat)
     mapper = DynamicMapper(n_latent=gen.n_latent)
-    clip_module, clip_vars = clip_lib.init_random(clip_lib.vit_b_32_config())
+    clip_config = clip_lib.vit_b_32_config()
     arcface, parse = Backbone(112, 50, "ir_se"), UNet(4)
     key = jax.random.PRNGKey(0)
-    frozen = {"generator": jax.jit(gen.init)(key, jnp.zeros((1, 512))), "clip": clip_vars,
-              "arcface": jax.jit(arcface.init)(key, jnp.zeros((1, 112, 112, 3))),
-              "parsenet": jax.jit(parse.init)(key, jnp.zeros((1, 32, 32, 3))),
-              "prompts": jax.random.normal(key, (53, 512))}
+    inits = {"generator": lambda: gen.init(key, jnp.zeros((1, 512))),
+             "arcface": lambda: arcface.init(key, jnp.zeros((1, 112, 112, 3))),
+             "parsenet": lambda: parse.init(key, jnp.zeros((1, 32, 32, 3))),
+             "prompts": lambda: jax.random.normal(key, (53, 512))}
+    if abstract:
+        frozen = {k: jax.eval_shape(f) for k, f in inits.items()}
+        frozen["clip"] = clip_lib.expected_shapes(clip_config)
+    else:
+        frozen = {k: jax.jit(f)() for k, f in inits.items()}
+        frozen["clip"] = clip_lib.init_random(clip_config)[1]
+    clip_module = clip_lib.build(clip_config)
     nets = tl.Networks(generator=gen, mapper=mapper, clip=clip_module, arcface=arcface, parsenet=parse)
     opts = tl.StepOptions(tuple(sorted(WEIGHTS.items())), dtype, "const", 1)
     optimizer, schedule = tl.make_optimizer(config, 1000)
     mesh = tl.make_mesh()
-    state = tl.create_state(tl.init_mapper_params(config, mapper, 0), optimizer, 0)
+    if abstract:
+        state = tl.abstract_state(mapper, optimizer)
+    else:
+        state = tl.create_state(tl.init_mapper_params(config, mapper, 0), optimizer, 0)
     ss, fs = tl.state_sharding(mesh, state), tl.frozen_sharding(mesh, frozen)
-    state, frozen = jax.device_put(state, ss), jax.device_put(frozen, fs)
+    bs = tl.batch_sharding(mesh)
     step = tl.make_train_step(nets, opts, optimizer, schedule, mesh, ss, fs)
+    if abstract:
+        spec = lambda tree, shardings: jax.tree.map(
+            lambda a, s: jax.ShapeDtypeStruct(a.shape, a.dtype, sharding=s), tree, shardings)
+        batch_spec = {"w": jax.ShapeDtypeStruct((batch, gen.n_latent, 512), jnp.float32, sharding=bs),
+                      "prompt": jax.ShapeDtypeStruct((batch,), jnp.int32, sharding=bs)}
+        return step, spec(state, ss), spec(frozen, fs), batch_spec
     rng = np.random.RandomState(0)
     batch_np = {"w": rng.randn(batch, gen.n_latent, 512).astype(np.float32),
                 "prompt": rng.randint(0, 53, batch).astype(np.int32)}
-    b = jax.device_put(batch_np, tl.batch_sharding(mesh))
-    state, m = step(state, frozen, b)
-    jax.block_until_ready(m)
-    t0 = time.perf_counter()
-    for _ in range(iters):
-        state, m = step(state, frozen, b)
-    jax.block_until_ready(m)
-    dt = time.perf_counter() - t0
-    stats = jax.devices()[0].memory_stats() or {}
-    return dt, _peak(stats.get("peak_bytes_in_use"))
+    return step, jax.device_put(state, ss), jax.device_put(frozen, fs), jax.device_put(batch_np, bs)
+
+
+def run_jax(size, batch, iters, remat=False, dtype="float32"):
+    import jax
+
+    step, state, frozen, b = build_jax(size, batch, remat, dtype)
+    holder = {"state": state}
+
+    def one():
+        holder["state"], metrics = step(holder["state"], frozen, b)
+        return metrics
+    dt = common.time_iters(one, iters, jax.block_until_ready)
+    return dt, common.jax_peak_bytes()
+
+
+def memory_plan(size, batch, remat=False, dtype="float32"):
+    """Bytes of the compiled step's buffers on this backend, per device, without running it."""
+    step, state, frozen, b = build_jax(size, batch, remat, dtype, abstract=True)
+    m = step.lower(state, frozen, b).compile().memory_analysis()
+    plan = dict(arguments=m.argument_size_in_bytes, outputs=m.output_size_in_bytes,
+                temporaries=m.temp_size_in_bytes, aliased=m.alias_size_in_bytes)
+    plan["total"] = plan["arguments"] + plan["outputs"] + plan["temporaries"] - plan["aliased"]
+    return plan
 
 
 def main():
@@ -149,10 +165,25 @@ def main():
     ap.add_argument("--remat", action="store_true", help="JAX: rematerialise generator blocks")
     ap.add_argument("--dtype", default="float32", choices=["float32", "bfloat16"], help="JAX compute dtype")
     ap.add_argument("--frameworks", default="jax,torch")
-    ap.add_argument("--torch-device", default="cuda" if os.environ.get("CUDA_VISIBLE_DEVICES", "") else "cpu")
-    ap.add_argument("--json", default=os.path.join(ROOT, "bench", "results", "train_step.json"))
+    ap.add_argument("--torch-device", default=common.default_torch_device())
+    ap.add_argument("--memory-only", action="store_true",
+                    help="JAX only: compile for abstract inputs and print the memory plan (nothing is run)")
+    ap.add_argument("--json", default=os.path.join(common.ROOT, "bench", "results", "train_step.json"))
     ap.add_argument("--one", help=argparse.SUPPRESS)  # internal: run one framework and print its JSON
     args = ap.parse_args()
+    common_args = ["--size", args.size, "--batch", args.batch, "--iters", args.iters, "--dtype", args.dtype,
+                   "--torch-device", args.torch_device] + (["--remat"] if args.remat else [])
+    if args.memory_only:
+        import jax
+
+        plan = memory_plan(args.size, args.batch, args.remat, args.dtype)
+        per_device = args.batch // jax.device_count()
+        print(f"FFCLIP train step memory plan, size {args.size}, batch {args.batch} ({per_device} per device), "
+              f"{args.dtype}, remat {args.remat}, {jax.devices()[0].device_kind}")
+        for k, v in plan.items():
+            print(f"  {k:<12}{v / 2 ** 30:8.2f} GiB")
+        common.write_results(args.json, dict(memory_plan=plan, hardware=common.hardware(), args=vars(args)))
+        return
     if args.one:
         if args.one == "torch":
             dt, peak = run_torch(args.size, args.batch, args.iters, args.torch_device)
@@ -161,30 +192,21 @@ def main():
         print(json.dumps(dict(framework=args.one, size=args.size, batch=args.batch, iters=args.iters,
                               images_per_s=args.batch * args.iters / dt, peak_bytes=peak)))
         return
-    results = []
-    for fw in args.frameworks.split(","):
-        cmd = [sys.executable, os.path.abspath(__file__), "--one", fw, "--size", str(args.size), "--batch",
-               str(args.batch), "--iters", str(args.iters), "--dtype", args.dtype, "--torch-device", args.torch_device]
-        out = subprocess.run(cmd + (["--remat"] if args.remat else []), capture_output=True, text=True)
-        if out.returncode:
-            sys.exit(f"error: {fw} run failed: {out.stderr.strip().splitlines()[-1] if out.stderr.strip() else ''}")
-        results.append(json.loads(out.stdout.strip().splitlines()[-1]))
-    import jax
-
-    hardware = dict(jax_device=str(jax.devices()[0].device_kind), devices=jax.device_count(),
-                    machine=platform.processor() or platform.machine(), cpus=os.cpu_count())
+    try:
+        results = [common.run_child(__file__, ["--one", fw] + common_args) for fw in args.frameworks.split(",")]
+    except RuntimeError as e:
+        sys.exit(f"error: {e}")
+    hardware = common.hardware()
     by = {r["framework"]: r for r in results}
     ratio = by["jax"]["images_per_s"] / by["torch"]["images_per_s"] if len(by) == 2 else None
-    print(f"FFCLIP train step, size {args.size}, batch {args.batch}, {hardware['jax_device']}")
+    print(f"FFCLIP train step, size {args.size}, batch {args.batch}, {args.dtype}, remat {args.remat}, "
+          f"{hardware['jax_device']} ({hardware['machine']}, {hardware['cpus']} CPUs)")
     print(f"{'framework':<10}{'images/s':>12}{'peak MiB':>12}")
     for r in results:
         print(f"{r['framework']:<10}{r['images_per_s']:>12.3f}{r['peak_bytes'] / 2 ** 20:>12.0f}")
     if ratio:
         print(f"JAX / PyTorch: {ratio:.2f}x")
-    os.makedirs(os.path.dirname(os.path.abspath(args.json)), exist_ok=True)
-    with open(args.json, "w") as f:
-        json.dump(dict(results=results, ratio=ratio, hardware=hardware, args=vars(args)), f, indent=2)
-    print(f"wrote {args.json}")
+    common.write_results(args.json, dict(results=results, ratio=ratio, hardware=hardware, args=vars(args)))
 
 
 if __name__ == "__main__":

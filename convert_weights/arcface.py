@@ -13,8 +13,6 @@ HELP = "InsightFace ArcFace IR/IR-SE backbone (model_ir_se50.pth) -> Flax"
 
 def convert_state_dict(sd, source: str = "checkpoint"):
     """ArcFace state dict -> (config, variables): depth and mode from body.*, input size from the output Linear."""
-    import jax
-    import jax.numpy as jnp
     from ffclip_jax.arcface import Backbone
 
     if "output_layer.3.weight" not in sd:
@@ -24,7 +22,7 @@ def convert_state_dict(sd, source: str = "checkpoint"):
     config = dict(backbone_config(sd, source), input_size=16 * spatial)
     module = Backbone(**config)
     s = config["input_size"]
-    expected = jax.eval_shape(lambda: module.init(jax.random.PRNGKey(0), jnp.zeros((1, s, s, 3))))
+    expected = common.image_model_shapes(module, s)
     return config, convert(sd, BACKBONE_RULES, expected, ignore=BACKBONE_IGNORE, source=source)
 
 
@@ -33,8 +31,6 @@ def add_arguments(parser) -> None:
 
 
 def run(args) -> None:
-    from ffclip_jax import pretrained
-
     ckpt = common.load_dict(args.input)
     common.refuse_other_kinds(ckpt, NAME, args.input)
     if isinstance(ckpt.get("state_dict"), dict):
@@ -46,5 +42,5 @@ def run(args) -> None:
         raise CheckpointError(f"{args.input}: not an ArcFace backbone (expected input_layer.*, body.*, "
                               f"output_layer.* keys, found {', '.join(sorted(sd)[:3]) or 'none'})")
     config, variables = convert_state_dict(sd, source=str(args.input))
-    pretrained.save(args.output, NAME, config, variables, extra={"source": str(args.input)}, overwrite=args.force)
+    common.save_converted(args, NAME, config, variables)
     print(f"wrote {NAME} ({config['mode']}{config['num_layers']}, input {config['input_size']}) to {args.output}")

@@ -57,3 +57,20 @@ def refuse_other_kinds(ckpt: Mapping[str, Any], expected: str, path) -> None:
     if kind is not None and kind != expected:
         raise CheckpointError(f"{path}: this is a {kind} checkpoint, not {expected}; use "
                               f"`python -m convert_weights {kind} --input {path} --output DIR`")
+
+
+def image_model_shapes(module, height: int, width: Optional[int] = None):
+    """Shape tree of an image network's variables for a (1, height, width, 3) input, nothing computed: the target a
+    conversion must fill."""
+    import jax
+    import jax.numpy as jnp
+
+    x = jnp.zeros((1, height, width or height, 3))
+    return jax.eval_shape(lambda: module.init(jax.random.PRNGKey(0), x))
+
+
+def save_converted(args, name: str, config, variables) -> None:
+    """Write the conversion of `args.input` as a converted directory `args.output` (atomic; --force overwrites)."""
+    from ffclip_jax import pretrained
+
+    pretrained.save(args.output, name, config, variables, extra={"source": str(args.input)}, overwrite=args.force)

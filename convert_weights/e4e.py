@@ -117,13 +117,11 @@ def convert_encoder(enc: Mapping[str, np.ndarray], latent_avg: np.ndarray, confi
                     encoder_type: str, source: str):
     """encoder.* state dict (prefix removed) + latent_avg (n_styles, style_dim) -> Flax variables of
     `ffclip_jax.e4e.<encoder_type>`."""
-    import jax
-    import jax.numpy as jnp
     from ffclip_jax import e4e
 
     module = getattr(e4e, encoder_type)(**{k: tuple(v) if isinstance(v, list) else v for k, v in config.items()})
     h, w = config["input_size"]
-    expected = jax.eval_shape(lambda: module.init(jax.random.PRNGKey(0), jnp.zeros((1, h, w, 3))))
+    expected = common.image_model_shapes(module, h, w)
     sd = dict(enc, latent_avg=latent_avg)
     return convert(sd, BACKBONE_RULES + [Rule(r"latent_avg", target="buffers/latent_avg")], expected,
                    ignore=BACKBONE_IGNORE, source=source)

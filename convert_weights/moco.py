@@ -37,14 +37,12 @@ def infer_config(sd: Mapping[str, np.ndarray], source: str) -> Dict[str, Any]:
 
 def convert_state_dict(sd: Mapping[str, np.ndarray], *, source: str = "checkpoint"):
     """MoCo / torchvision state dict -> (config, variables) for `ffclip_jax.moco.ResNet50`."""
-    import jax
-    import jax.numpy as jnp
     from ffclip_jax.moco import ResNet50
 
     sd = {k[len(PREFIX):] if k.startswith(PREFIX) else k: v for k, v in sd.items()}
     config = infer_config(sd, source)
     model = ResNet50(stage_sizes=tuple(config["stage_sizes"]), width=config["width"])
-    expected = jax.eval_shape(lambda: model.init(jax.random.PRNGKey(0), jnp.zeros((1, 32, 32, 3))))
+    expected = common.image_model_shapes(model, 32)
     return config, convert(sd, RULES, expected, ignore=IGNORE, source=source)
 
 
@@ -58,6 +56,5 @@ def run(args) -> None:
     where = f"{args.input}[state_dict]" if "state_dict" in ckpt else str(args.input)
     sd = common.state_dict(ckpt.get("state_dict", ckpt), where)
     config, variables = convert_state_dict(sd, source=where)
-    from ffclip_jax import pretrained
-    pretrained.save(args.output, NAME, config, variables, extra={"source": str(args.input)}, overwrite=args.force)
+    common.save_converted(args, NAME, config, variables)
     print(f"wrote {NAME} (ResNet stages {config['stage_sizes']}, width {config['width']}) to {args.output}")

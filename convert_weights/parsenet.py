@@ -39,13 +39,11 @@ def infer_config(sd: Mapping[str, np.ndarray], source: str) -> Dict[str, Any]:
 
 def convert_state_dict(sd: Mapping[str, np.ndarray], *, source: str = "checkpoint"):
     """`unet` state dict -> (config, variables) for `ffclip_jax.parsenet.UNet`."""
-    import jax
-    import jax.numpy as jnp
     from ffclip_jax.parsenet import UNet
 
     config = infer_config(sd, source)
     model = UNet(**config)
-    expected = jax.eval_shape(lambda: model.init(jax.random.PRNGKey(0), jnp.zeros((1, 16, 16, 3))))
+    expected = common.image_model_shapes(model, 16)
     return config, convert(sd, RULES, expected, ignore=IGNORE, source=source)
 
 
@@ -57,6 +55,5 @@ def run(args) -> None:
     ckpt = common.load_dict(args.input)
     common.refuse_other_kinds(ckpt, NAME, args.input)
     config, variables = convert_state_dict(common.state_dict(ckpt, str(args.input)), source=str(args.input))
-    from ffclip_jax import pretrained
-    pretrained.save(args.output, NAME, config, variables, extra={"source": str(args.input)}, overwrite=args.force)
+    common.save_converted(args, NAME, config, variables)
     print(f"wrote {NAME} (feature_scale {config['feature_scale']}, {config['n_classes']} classes) to {args.output}")

@@ -105,6 +105,5 @@ def run(args) -> None:
                                        lr_mlp=args.lr_mlp).items() if v is not None}
     config, variables = convert_state_dict(sd, ckpt.get("latent_avg"), source=f"{args.input}[{args.key}]",
                                            overrides=overrides)
-    from ffclip_jax import pretrained
-    pretrained.save(args.output, NAME, config, variables, extra={"source": str(args.input)}, overwrite=args.force)
+    common.save_converted(args, NAME, config, variables)
     print(f"wrote {NAME} (size {config['size']}, channel_multiplier {config['channel_multiplier']}) to {args.output}")

@@ -68,7 +68,11 @@ def base_config() -> ml_collections.ConfigDict:
     c.init_from = ""               # converted FFCLIP directory (convert_weights ffclip) to fine-tune from
     c.tiny = False                 # build random tiny networks + synthetic latents in WORKDIR/tiny_assets
     c.seed = 0
-    c.distributed = False          # call jax.distributed.initialize() (multi-host TPU slices / GPU clusters)
+    c.distributed = ml_collections.ConfigDict()  # multi-host: jax.distributed.initialize() before anything else
+    c.distributed.enabled = False
+    c.distributed.coordinator_address = ""  # "" = auto-detected (TPU slices, SLURM, Open MPI, ...)
+    c.distributed.num_processes = 0         # 0 = auto-detected
+    c.distributed.process_id = -1           # -1 = auto-detected
     c.jit_cache_dir = ""           # persistent XLA compilation cache ("" = off)
 
     c.weights = ml_collections.ConfigDict()  # converted directories; "" = not used (its loss weight must be 0)
@@ -80,7 +84,8 @@ def base_config() -> ml_collections.ConfigDict:
 
     c.model = ml_collections.ConfigDict()
     c.model.mapper_blocks = 4
-    c.model.compute_dtype = "float32"  # "bfloat16": networks compute in bf16, parameters and Adam stay float32
+    c.model.compute_dtype = "float32"  # "bfloat16": the frozen networks compute in bf16; the (small) mapper, the
+    #                                    latents, the losses, parameters and Adam stay float32
     c.model.remat = False              # rematerialise generator blocks in the backward pass (less memory)
     c.model.noise_mode = "const"       # generator noise: upstream's fixed buffers ("const") or "random"
 
@@ -326,6 +331,25 @@ def frozen_sharding(mesh: Mesh, frozen, rule: str = "replicate", min_size: int =
     return jax.tree.map(one, frozen)
 
 
+def initialize_distributed(config) -> None:
+    """jax.distributed.initialize with the config's explicit values (auto-detection for those left unset)."""
+    d = config.distributed
+    if not d.enabled:
+        return
+    kwargs = dict(coordinator_address=d.coordinator_address or None, num_processes=d.num_processes or None,
+                  process_id=None if d.process_id < 0 else d.process_id)
+    jax.distributed.initialize(**{k: v for k, v in kwargs.items() if v is not None})
+
+
+def any_process(flag: bool) -> bool:
+    """True on every process if `flag` is True on any (a preemption signal seen by one host stops all of them)."""
+    if jax.process_count() == 1:
+        return bool(flag)
+    from jax.experimental import multihost_utils
+
+    return bool(np.any(multihost_utils.process_allgather(np.asarray([flag], np.int32))))
+
+
 def put(tree, shardings):
     """Host arrays (identical on every host) -> global jax.Arrays with the given shardings (multi-host safe)."""
     def one(a, s):
@@ -360,7 +384,9 @@ def loss_terms(params, frozen, batch, rng, nets: Networks, opts: StepOptions):
                                     noise_mode=opts.noise_mode, rngs=rngs)
 
     x = jax.lax.stop_gradient(render(w))
-    w_hat = nets.mapper.apply({"params": _cast(params, dtype)}, w.astype(dtype), e.astype(dtype))
+    # the mapper stays in float32 under bf16 compute: it is tiny next to the networks, and its channel-attention
+    # LayerNorm normalises differences far below bf16's resolution at init
+    w_hat = nets.mapper.apply({"params": _cast(params, out_dtype)}, w, e.astype(out_dtype))
     x_hat = render(w_hat)
     xs, xs_hat = x.astype(dtype), x_hat.astype(dtype)
 
@@ -371,7 +397,7 @@ def loss_terms(params, frozen, batch, rng, nets: Networks, opts: StepOptions):
     compute = {
         "clip": lambda: jnp.mean(clip_lib.clip_loss(net("clip"), xs_hat, e.astype(dtype))),
         "embedding": lambda: clip_lib.embedding_loss(net("clip"), xs, xs_hat),
-        "latent": lambda: losses.latent_l1(w, w_hat.astype(out_dtype)),
+        "latent": lambda: losses.latent_l1(w, w_hat),
         "id": lambda: losses.id_loss(net("arcface"), xs_hat, xs),
         "background": lambda: losses.background_loss(net("parsenet"), xs, xs_hat),
         "moco": lambda: losses.moco_loss(net("moco"), xs_hat, xs),

@@ -50,21 +50,34 @@ def test_blur_upsample_downsample():
 
 @pytest.mark.parametrize("upsample,demodulate,k", [(False, True, 3), (True, True, 3), (False, False, 1)])
 def test_modulated_conv_forms_match_reference(upsample, demodulate, k):
+    """Both forms: outputs and the gradients of sum(R * out) w.r.t. the input, the styles and the parameters equal the
+    reference's and torch autograd's."""
     torch.manual_seed(0)
     conv = ref.ModulatedConv2d(6, 5, k, 8, demodulate=demodulate, upsample=upsample)
     with torch.no_grad():
         conv.modulation.bias.add_(torch.randn(6) * 0.1)
     rs = np.random.RandomState(2)
     x, s = rs.randn(3, 7, 7, 6).astype(np.float32), rs.randn(3, 8).astype(np.float32)
-    with torch.no_grad():
-        theirs = nhwc(conv(nchw(x), torch.from_numpy(s)))
+    xt, st = nchw(x).requires_grad_(True), torch.from_numpy(s).requires_grad_(True)
+    theirs = conv(xt, st)
+    r = rs.randn(*theirs.shape).astype(np.float32)
+    (theirs * torch.from_numpy(r)).sum().backward()
     params = {"weight": conv.weight.detach().numpy()[0].transpose(2, 3, 1, 0),
               "modulation": {"weight": conv.modulation.weight.detach().numpy().T,
                              "bias": conv.modulation.bias.detach().numpy()}}
+    torch_grads = ({"weight": conv.weight.grad.numpy()[0].transpose(2, 3, 1, 0),
+                    "modulation": {"weight": conv.modulation.weight.grad.numpy().T,
+                                   "bias": conv.modulation.bias.grad.numpy()}}, nhwc(xt.grad), st.grad.numpy())
     for form in layers.MODCONV_FORMS:
         m = layers.ModulatedConv2d(5, k, demodulate=demodulate, upsample=upsample, form=form)
         ours = m.apply({"params": params}, jnp.asarray(x), jnp.asarray(s))
-        np.testing.assert_allclose(ours, theirs, atol=2e-5, rtol=1e-4, err_msg=form)
+        np.testing.assert_allclose(ours, nhwc(theirs.detach()), atol=2e-5, rtol=1e-4, err_msg=form)
+        r_nhwc = r.transpose(0, 2, 3, 1)
+        grads = jax.grad(lambda p, x, s: jnp.sum(m.apply({"params": p}, x, s) * r_nhwc), argnums=(0, 1, 2))(
+            params, jnp.asarray(x), jnp.asarray(s))
+        for (path, a), b in zip(jax.tree_util.tree_flatten_with_path(grads)[0], jax.tree.leaves(torch_grads)):
+            np.testing.assert_allclose(a, b, atol=1e-4, rtol=1e-4,
+                                       err_msg=f"{form} d/d{jax.tree_util.keystr(path)}")
 
 
 def test_downsampling_modulated_conv_forms_agree():

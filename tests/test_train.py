@@ -1,5 +1,6 @@
 """train.py and ffclip_jax.train_lib: config errors, sharded step == single-device step, the real trainer on the tiny
 random networks and synthetic latents (loss goes down, preempt + resume == uninterrupted, restore on 1 device)."""
+import dataclasses
 import importlib.util
 import os
 import signal
@@ -34,7 +35,8 @@ def assets(tmp_path_factory):
 
 
 def tiny_config(assets, cache, **overrides):
-    """configs/tiny.py on the shared assets; the cheap losses only (ArcFace IR-SE50 has no small variant)."""
+    """configs/tiny.py on the shared assets; the cheap losses only (ArcFace IR-SE50 has no small variant) and one
+    mapper block (every code path of the 4-block default at a third less compile time)."""
     config, _ = train.parse_args(["--config", os.path.join(ROOT, "configs/tiny.py"), "--workdir", "unused"])
     with config.unlocked():
         config.tiny = False
@@ -44,6 +46,7 @@ def tiny_config(assets, cache, **overrides):
         config.prompt_cache_dir = str(cache / "prompts")
         config.jit_cache_dir = str(cache / "jit")
         config.loss.id = 0.0
+        config.model.mapper_blocks = 1
         config.train.batch_size = 8
         config.train.num_steps = 6
         config.eval.every_steps = 3
@@ -105,47 +108,79 @@ def test_empty_and_wrong_weights(assets, tmp_path):
 # the sharded step
 
 
-def test_sharded_step_equals_single_device(assets, tmp_path):
-    """One step on 8 devices (batch sharded, frozen weights sharded) equals one step on 1 device. Run in float64: the
-    upstream mapper at random init normalises a near-constant channel-attention output (LayerNorm of variance ~1e-9
-    against eps 1e-5), so float32 rounding that differs with the per-device batch is amplified to percent-level
-    gradient differences; in float64 both programs compute the same function and must agree to 1e-6."""
-    import dataclasses
-
+@pytest.fixture(scope="module")
+def step_inputs(assets, tmp_path_factory):
+    """(config, networks, frozen variables with the prompt table, fresh mapper params, a host batch of 16)."""
     from ffclip_jax import clip as clip_lib
     from ffclip_jax.prompts import load_prompts
 
-    assert jax.device_count() == 8
-    config = tiny_config(assets, tmp_path, **{"loss.background": 0.0})  # generator + CLIP + latent terms
+    config = tiny_config(assets, tmp_path_factory.mktemp("step"), **{"loss.background": 0.0})  # gen + CLIP + latent
     nets, frozen = tl.load_networks(config)
     frozen["prompts"] = clip_lib.prompt_embeddings(config.weights.clip, load_prompts(config.prompts),
                                                    config.prompt_cache_dir, clip=(nets.clip, frozen["clip"]))
     rng = np.random.RandomState(0)
-    batch = {"w": rng.randn(8, nets.mapper.n_latent, nets.mapper.style_dim) * 0.5,
-             "prompt": rng.randint(0, len(frozen["prompts"]), 8).astype(np.int32)}
-    params = tl.init_mapper_params(config, nets.mapper, 0)
-    opts = dataclasses.replace(tl.step_options(config), compute_dtype="float64")
-    results = []
+    batch = {"w": rng.randn(16, nets.mapper.n_latent, nets.mapper.style_dim).astype(np.float32) * 0.5,
+             "prompt": rng.randint(0, len(frozen["prompts"]), 16).astype(np.int32)}
+    return config, nets, frozen, tl.init_mapper_params(config, nets.mapper, 0), batch
+
+
+def _one_step(step_inputs, opts, devices, rule="replicate", dtype=None):
+    """One jitted train step on a mesh over `devices` (inputs cast to `dtype` if given); (new params, metrics)."""
+    config, nets, frozen, params, batch = step_inputs
+    if dtype is not None:
+        params, frozen, batch = jax.tree.map(
+            lambda a: np.asarray(a, dtype) if np.issubdtype(np.asarray(a).dtype, np.floating) else np.asarray(a),
+            (params, frozen, batch))
+    optimizer, schedule = tl.make_optimizer(config, 10)
+    mesh = tl.make_mesh(devices)
+    state = tl.create_state(params, optimizer, 0)
+    ss = tl.state_sharding(mesh, state)
+    fs = tl.frozen_sharding(mesh, frozen, rule, min_size=1024)
+    step = tl.make_train_step(nets, opts, optimizer, schedule, mesh, ss, fs)
+    state, metrics = step(tl.put(state, ss), tl.put(frozen, fs),
+                          tl.put(batch, jax.tree.map(lambda _: tl.batch_sharding(mesh), batch)))
+    return jax.device_get((state.params, metrics))
+
+
+@pytest.fixture(scope="module")
+def float64_step(step_inputs):
+    """The reference: one full-batch step on 1 device in float64."""
+    opts = dataclasses.replace(tl.step_options(step_inputs[0]), compute_dtype="float64")
     with jax.enable_x64(True):
-        f64 = lambda tree: jax.tree.map(lambda a: np.asarray(a, np.float64) if np.issubdtype(
-            np.asarray(a).dtype, np.floating) else np.asarray(a), tree)
-        params, frozen, batch = f64(params), f64(frozen), f64(batch)
-        optimizer, schedule = tl.make_optimizer(config, 10)
-        for devices, rule in ((jax.devices()[:1], "replicate"), (jax.devices(), "fsdp")):
-            mesh = tl.make_mesh(devices)
-            state = tl.create_state(params, optimizer, 0)
-            ss = tl.state_sharding(mesh, state)
-            fs = tl.frozen_sharding(mesh, frozen, rule, min_size=1024)
-            step = tl.make_train_step(nets, opts, optimizer, schedule, mesh, ss, fs)
-            state, metrics = step(tl.put(state, ss), tl.put(frozen, fs), tl.put(batch, jax.tree.map(
-                lambda _: tl.batch_sharding(mesh), batch)))
-            results.append(jax.device_get((state.params, metrics)))
-    (p1, m1), (p8, m8) = results
+        return _one_step(step_inputs, opts, jax.devices()[:1], dtype=np.float64)
+
+
+def test_sharded_accumulated_step_equals_single_device(step_inputs, float64_step):
+    """One step on 8 devices (batch sharded, frozen weights sharded) with 2-way gradient accumulation equals one
+    full-batch step on 1 device. Run in float64: the upstream mapper at random init normalises a near-constant
+    channel-attention output (LayerNorm of variance ~1e-9 against eps 1e-5), so float32 rounding that differs with
+    the per-device batch is amplified to percent-level gradient differences; in float64 both programs compute the
+    same function and must agree to 1e-6."""
+    assert jax.device_count() == 8
+    opts = dataclasses.replace(tl.step_options(step_inputs[0]), compute_dtype="float64", accum_steps=2)
+    with jax.enable_x64(True):
+        p8, m8 = _one_step(step_inputs, opts, jax.devices(), "fsdp", dtype=np.float64)
+    p1, m1 = float64_step
     for k in m1:
         np.testing.assert_allclose(m8[k], m1[k], rtol=1e-6, atol=1e-6, err_msg=k)
     diff = max(float(np.max(np.abs(a - b))) for a, b in zip(jax.tree.leaves(p1), jax.tree.leaves(p8)))
     assert diff <= 1e-6, diff
     assert m1["grad_norm"] > 0 and m1["lr"] == pytest.approx(1e-3)
+
+
+def test_bfloat16_compute(step_inputs, float64_step):
+    """model.compute_dtype=bfloat16: the frozen networks run in bf16; the mapper, parameters and Adam moments stay
+    float32, and the losses are the float64 step's to bf16 precision."""
+    _, m64 = float64_step
+    opts = dataclasses.replace(tl.step_options(step_inputs[0]), compute_dtype="bfloat16")
+    params, metrics = _one_step(step_inputs, opts, jax.devices()[:1])
+    assert all(a.dtype == np.float32 for a in jax.tree.leaves(params))
+    for k in m64:
+        assert np.isfinite(metrics[k]) and np.asarray(metrics[k]).dtype == np.float32, k
+        if k.startswith("loss"):
+            np.testing.assert_allclose(metrics[k], m64[k], rtol=3e-2, atol=1e-3, err_msg=k)
+    moved = [np.abs(a - p).max() for a, p in zip(jax.tree.leaves(params), jax.tree.leaves(step_inputs[3]))]
+    assert max(moved) > 0
 
 
 def test_lr_schedule_multistep():
@@ -220,3 +255,47 @@ def test_restore_8_devices_onto_1(runs):
     step, total = out.stdout.split()
     assert int(step) == 6
     assert float(total) == pytest.approx(float(sum(np.abs(a).sum() for a in jax.tree.leaves(params))), rel=1e-7)
+
+
+@pytest.mark.slow
+def test_two_processes_equal_one(runs, assets, tmp_path):
+    """train.py as 2 processes x 4 CPU devices (jax.distributed with gloo collectives, each process reading its half
+    of every batch) trains the same mapper as the 1-process 8-device run: the same validation losses and parameters
+    to float32 all-reduce order (measured 2e-5 after 6 steps: the random-init mapper amplifies rounding, see the
+    sharded step test)."""
+    import json
+    import socket
+
+    full, _, _ = runs
+    with socket.socket() as s:
+        s.bind(("localhost", 0))
+        port = s.getsockname()[1]
+    workdir = tmp_path / "two"
+
+    def child(process_id):
+        overrides = {"distributed.enabled": True, "distributed.coordinator_address": f"localhost:{port}",
+                     "distributed.num_processes": 2, "distributed.process_id": process_id}
+        code = ("import json, pathlib, sys\nimport jax\n"
+                "jax.config.update('jax_default_matmul_precision', 'highest')\nimport test_train as t\n"
+                f"config = t.tiny_config({assets!r}, pathlib.Path({str(tmp_path / 'cache')!r}), **{overrides!r})\n"
+                f"summary = t.train.train_and_evaluate(config, {str(workdir)!r})\n"
+                "print(json.dumps(summary['val_history']))\n")
+        env = dict(os.environ, XLA_FLAGS="--xla_force_host_platform_device_count=4", JAX_PLATFORMS="cpu",
+                   PYTHONPATH=os.pathsep.join([ROOT, os.path.join(ROOT, "tests")]))
+        return subprocess.Popen([sys.executable, "-c", code], stdout=subprocess.PIPE, stderr=subprocess.PIPE,
+                                text=True, env=env, cwd=ROOT)
+
+    procs = [child(i) for i in range(2)]
+    outs = [p.communicate(timeout=900) for p in procs]
+    for p, (out, err) in zip(procs, outs):
+        assert p.returncode == 0, err[-3000:]
+    histories = [json.loads(out.strip().splitlines()[-1]) for out, _ in outs]
+    assert histories[0] == histories[1]
+    for ours, theirs in zip(histories[0], full["val_history"]):
+        assert ours["step"] == theirs["step"]
+        np.testing.assert_allclose(ours["val_loss"], theirs["val_loss"], rtol=1e-4)
+    _, _, p_two, step = tl.restore_params(str(workdir), "latest")
+    _, _, p_one, _ = tl.restore_params(full["workdir"], "latest")
+    assert step == 6
+    for a, b in zip(jax.tree.leaves(p_two), jax.tree.leaves(p_one)):
+        np.testing.assert_allclose(a, b, rtol=0, atol=1e-4)
