@@ -260,9 +260,10 @@ def test_restore_8_devices_onto_1(runs):
 @pytest.mark.slow
 def test_two_processes_equal_one(runs, assets, tmp_path):
     """train.py as 2 processes x 4 CPU devices (jax.distributed with gloo collectives, each process reading its half
-    of every batch) trains the same mapper as the 1-process 8-device run: the same validation losses and parameters
-    to float32 all-reduce order (measured 2e-5 after 6 steps: the random-init mapper amplifies rounding, see the
-    sharded step test)."""
+    of every batch) trains the same mapper as the 1-process 8-device run: the same validation losses (to 1e-4).
+    Parameters agree to float32 all-reduce order only: Adam normalises every gradient element, so elements whose
+    gradient is at rounding level (the random-init mapper has many, see the sharded step test) move by up to lr per
+    step either way; measured max 2e-5..4e-4 after 6 steps of lr 1e-3, most elements far closer."""
     import json
     import socket
 
@@ -297,5 +298,5 @@ def test_two_processes_equal_one(runs, assets, tmp_path):
     _, _, p_two, step = tl.restore_params(str(workdir), "latest")
     _, _, p_one, _ = tl.restore_params(full["workdir"], "latest")
     assert step == 6
-    for a, b in zip(jax.tree.leaves(p_two), jax.tree.leaves(p_one)):
-        np.testing.assert_allclose(a, b, rtol=0, atol=1e-4)
+    diff = np.concatenate([np.abs(a - b).ravel() for a, b in zip(jax.tree.leaves(p_two), jax.tree.leaves(p_one))])
+    assert diff.max() <= 6 * 1e-3 and diff.mean() <= 1e-4, (diff.max(), diff.mean())
