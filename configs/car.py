@@ -2,19 +2,10 @@
 identity, hair-parsing background) do not apply: MoCo v2 feature similarity keeps the car, as e4e does for cars.
 Weights: moco 0.5 (e4e's car setting for its MoCo loss; upstream FFCLIP publishes no car config), the others as FFHQ.
 """
-from ffclip_jax.train_lib import base_config
+from ffclip_jax.train_lib import moco_domain_config
 
 
 def get_config():
-    c = base_config()
-    c.domain = "car"
-    c.prompts = "car"
-    c.data_dir = "data"
-    c.weights.generator = "weights/stylegan2-car"
-    c.weights.clip = "weights/clip"
-    c.weights.moco = "weights/moco"
-    c.loss.id = 0.0
-    c.loss.background = 0.0
-    c.loss.moco = 0.5
+    c = moco_domain_config("car")
     c.eval.grid_prompts = ("Red car", "Blue car", "Jeep", "Sports car", "From Sixties")
     return c

@@ -1,7 +1,7 @@
 """python -m convert_weights <model> --input FILE --output DIR [--force] [model options]
 
-One sub-command per upstream format; each lives in `convert_weights/<model>.py` with NAME, HELP,
-`add_arguments(parser)` and `run(args)`.
+One sub-command per upstream format; each lives in `convert_weights/<model>.py` with NAME, HELP, `run(args)` and,
+if it has options beyond --input/--output/--force, `add_arguments(parser)`.
 """
 from __future__ import annotations
 
@@ -35,7 +35,8 @@ def build_parser(mods) -> argparse.ArgumentParser:
             p.add_argument("--input", required=True, help="upstream checkpoint file")
         p.add_argument("--output", required=True, help="directory to write (written atomically)")
         p.add_argument("--force", action="store_true", help="replace an existing output directory")
-        mod.add_arguments(p)
+        if hasattr(mod, "add_arguments"):
+            mod.add_arguments(p)
     return parser
 
 

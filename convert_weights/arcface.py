@@ -26,10 +26,6 @@ def convert_state_dict(sd, source: str = "checkpoint"):
     return config, convert(sd, BACKBONE_RULES, expected, ignore=BACKBONE_IGNORE, source=source)
 
 
-def add_arguments(parser) -> None:
-    pass
-
-
 def run(args) -> None:
     ckpt = common.load_dict(args.input)
     common.refuse_other_kinds(ckpt, NAME, args.input)

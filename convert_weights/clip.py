@@ -193,10 +193,6 @@ def read_input(path: str):
     return sd, ({} if is_hf else None)
 
 
-def add_arguments(parser) -> None:
-    pass
-
-
 def run(args) -> None:
     from ffclip_jax import clip, pretrained
 

@@ -47,10 +47,6 @@ def convert_state_dict(sd: Mapping[str, np.ndarray], *, source: str = "checkpoin
     return config, convert(sd, RULES, expected, ignore=IGNORE, source=source)
 
 
-def add_arguments(parser) -> None:
-    pass
-
-
 def run(args) -> None:
     ckpt = common.load_dict(args.input)
     common.refuse_other_kinds(ckpt, NAME, args.input)

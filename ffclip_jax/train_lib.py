@@ -120,6 +120,23 @@ def base_config() -> ml_collections.ConfigDict:
     return c
 
 
+def moco_domain_config(domain: str) -> ml_collections.ConfigDict:
+    """base_config for a domain without faces (cars, churches): its latents (data/ffclip_latents/<domain>), prompt
+    list and generator (weights/stylegan2-<domain>), and MoCo v2 feature similarity (weight 0.5, e4e's car setting)
+    in place of the face-only ArcFace identity and hair-parsing background losses."""
+    c = base_config()
+    c.domain = domain
+    c.prompts = domain
+    c.data_dir = "data"
+    c.weights.generator = f"weights/stylegan2-{domain}"
+    c.weights.clip = "weights/clip"
+    c.weights.moco = "weights/moco"
+    c.loss.id = 0.0
+    c.loss.background = 0.0
+    c.loss.moco = 0.5
+    return c
+
+
 def resolve_batch(config, num_devices: int) -> Tuple[int, int]:
     """(global train batch, eval batch), checked against the data axis and accumulation."""
     t = config.train

@@ -1,4 +1,6 @@
-"""Helpers shared by the parity tests: NHWC/NCHW conversion and max/mean absolute-difference assertions."""
+"""Helpers shared by the tests: NHWC/NCHW conversion, max/mean absolute-difference assertions, importing the
+top-level scripts."""
+import importlib.util
 import os
 
 import numpy as np
@@ -12,6 +14,14 @@ def assert_close(a, b, max_tol, mean_tol):
     d = np.abs(np.asarray(a, np.float64) - np.asarray(b, np.float64))
     assert d.max() <= max_tol and d.mean() <= mean_tol, f"max {d.max():.3g} mean {d.mean():.3g}"
     return d.max(), d.mean()
+
+
+def load_script(filename: str, module_name: str):
+    """A top-level script of the repository (train.py, evaluate.py) imported as a module."""
+    spec = importlib.util.spec_from_file_location(module_name, os.path.join(ROOT, filename))
+    module = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(module)
+    return module
 
 
 def nhwc(t):

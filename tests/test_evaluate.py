@@ -2,7 +2,6 @@
 weights. Metrics are checked on known pairs with stand-in networks whose outputs are computable by hand; the CLI
 runs on a tiny weights directory (32px generator, tiny CLIP, UNet, MoCo; an L2-normalised channel-mean stand-in for
 ArcFace, whose IR-SE50 is too slow to compile in the default suite; the real one runs in the slow test)."""
-import importlib.util
 import json
 import math
 import os
@@ -17,18 +16,9 @@ import pytest
 
 from ffclip_jax import metrics, pretrained, report
 from ffclip_jax.errors import FFCLIPError
+from parity import ROOT, load_script
 
-REPO = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
-
-
-def _load_cli():
-    spec = importlib.util.spec_from_file_location("evaluate_cli", os.path.join(REPO, "evaluate.py"))
-    module = importlib.util.module_from_spec(spec)
-    spec.loader.exec_module(module)
-    return module
-
-
-evaluate_cli = _load_cli()
+evaluate_cli = load_script("evaluate.py", "evaluate_cli")
 
 
 class ChannelMean(nn.Module):
@@ -340,7 +330,7 @@ def test_cli_bad_inputs(tiny_weights, tmp_path):
 
 def test_cli_empty_prompt_file_subprocess(tiny_weights, tmp_path):
     root = tiny_weights
-    proc = subprocess.run([sys.executable, os.path.join(REPO, "evaluate.py"), "--weights", str(root / "weights"),
+    proc = subprocess.run([sys.executable, os.path.join(ROOT, "evaluate.py"), "--weights", str(root / "weights"),
                            "--latents", str(root / "latents.npy"), "--prompts", str(root / "empty.txt"),
                            "--output", str(tmp_path / "out")], capture_output=True, text=True, timeout=120)
     assert proc.returncode == 2

@@ -1,7 +1,6 @@
 """train.py and ffclip_jax.train_lib: config errors, sharded step == single-device step, the real trainer on the tiny
 random networks and synthetic latents (loss goes down, preempt + resume == uninterrupted, restore on 1 device)."""
 import dataclasses
-import importlib.util
 import os
 import signal
 import subprocess
@@ -14,17 +13,9 @@ import pytest
 
 from ffclip_jax import train_lib as tl
 from ffclip_jax.errors import ConfigError
-from parity import ROOT
+from parity import ROOT, load_script
 
-
-def _train_module():
-    spec = importlib.util.spec_from_file_location("ffclip_train", os.path.join(ROOT, "train.py"))
-    module = importlib.util.module_from_spec(spec)
-    spec.loader.exec_module(module)
-    return module
-
-
-train = _train_module()
+train = load_script("train.py", "ffclip_train")
 
 
 @pytest.fixture(scope="module")
