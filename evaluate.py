@@ -52,7 +52,7 @@ def choose_domain(weights, domain: str) -> str:
 
 
 def main(argv=None) -> None:
-    from ffclip_jax.prompts import load_prompts
+    from ffclip_jax.text.prompts import load_prompts
 
     args = build_parser().parse_args(argv)
     if os.path.exists(args.output) and not args.force:
@@ -65,10 +65,12 @@ def main(argv=None) -> None:
 
     import jax
 
-    from ffclip_jax import metrics, pretrained, report
+    from ffclip_jax import metrics
+    from ffclip_jax.weights import pretrained
+    from ffclip_jax import report
     from ffclip_jax.data.latents import Expected, load_latents
     from ffclip_jax.edit import Editor
-    from ffclip_jax.weights import resolve
+    from ffclip_jax.weights.manifest import resolve
 
     entries = [{"prompt": p, "kind": "single", "parts": [p]} for p in prompts]
     if args.compositions:

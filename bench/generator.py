@@ -58,7 +58,7 @@ def run_one(framework, form, mode, size, batch, iters, device):
         import jax
         import jax.numpy as jnp
         from convert_weights.stylegan2 import convert_state_dict
-        from ffclip_jax.stylegan2 import Generator
+        from ffclip_jax.models.stylegan2 import Generator
 
         sd = {k: v.numpy() for k, v in tg.state_dict().items()}
         config, variables = convert_state_dict(sd, np.zeros(512, np.float32))

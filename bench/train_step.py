@@ -1,5 +1,5 @@
 """Benchmark: one full FFCLIP training step (render w without grad, mapper, render w_hat, ID + CLIP + latent-L1 +
-background + embedding losses, backward, clip + Adam), JAX (`ffclip_jax.train_lib.train_step`, jitted) against a
+background + embedding losses, backward, clip + Adam), JAX (`ffclip_jax.train.step.train_step`, jitted) against a
 PyTorch pipeline from tests/torch_ref with upstream's exact operations (the literal nn.Upsample(x7) + AvgPool2d before
 CLIP, AdaptiveAvgPool2d for ID and parsing), same sizes, random weights (ViT-B/32, IR-SE50, UNet/4, 4-block mapper).
 
@@ -88,13 +88,15 @@ def build_jax(size, batch, remat=False, dtype="float32", abstract=False):
     import jax.numpy as jnp
     import numpy as np
 
-    from ffclip_jax import clip as clip_lib, train_lib as tl
-    from ffclip_jax.arcface import Backbone
-    from ffclip_jax.mapper import DynamicMapper
-    from ffclip_jax.parsenet import UNet
-    from ffclip_jax.stylegan2 import Generator
+    from ffclip_jax.models import clip as clip_lib
+    from configs import default as default_config
+    from ffclip_jax import train as tl
+    from ffclip_jax.models.arcface import Backbone
+    from ffclip_jax.models.mapper import DynamicMapper
+    from ffclip_jax.models.parsenet import UNet
+    from ffclip_jax.models.stylegan2 import Generator
 
-    config = tl.base_config()
+    config = default_config.get_config()
     gen = Generator(size=size, remat=remat)
     mapper = DynamicMapper(n_latent=gen.n_latent)
     clip_config = clip_lib.vit_b_32_config()

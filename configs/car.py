@@ -2,10 +2,10 @@
 identity, hair-parsing background) do not apply: MoCo v2 feature similarity keeps the car, as e4e does for cars.
 Weights: moco 0.5 (e4e's car setting for its MoCo loss; upstream FFCLIP publishes no car config), the others as FFHQ.
 """
-from ffclip_jax.train_lib import moco_domain_config
+from configs import default
 
 
 def get_config():
-    c = moco_domain_config("car")
+    c = default.moco_domain("car")
     c.eval.grid_prompts = ("Red car", "Blue car", "Jeep", "Sports car", "From Sixties")
     return c

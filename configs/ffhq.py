@@ -6,11 +6,11 @@ device; loss = 0.9 ID + 1.0 CLIP + 1.6 latent-L1 + 2.0 background + 1.0 embeddin
         --config.weights.generator=weights/stylegan2-ffhq --config.weights.clip=weights/clip \
         --config.weights.arcface=weights/arcface --config.weights.parsenet=weights/parsenet
 """
-from ffclip_jax.train_lib import base_config
+from configs import default
 
 
 def get_config():
-    c = base_config()  # the upstream FFHQ setup is the base
+    c = default.get_config()  # the upstream FFHQ setup is the base
     c.weights.generator = "weights/stylegan2-ffhq"
     c.weights.clip = "weights/clip"
     c.weights.arcface = "weights/arcface"

@@ -4,11 +4,11 @@ all FFHQ losses on, 24 steps of batch 4, so the whole pipeline (training, eval g
 
     python train.py --config configs/tiny.py --workdir runs/tiny
 """
-from ffclip_jax.train_lib import base_config
+from configs import default
 
 
 def get_config():
-    c = base_config()
+    c = default.get_config()
     c.tiny = True          # fills weights.* and data_dir with WORKDIR/tiny_assets
     c.domain = "custom"
     c.train.batch_size = 4

@@ -4,7 +4,7 @@ Inputs: OpenAI's TorchScript archive (`ViT-B-32.pt`, read without running its co
 (`torch.save(model.state_dict())`, fp16 or fp32), or a local transformers `CLIPModel` directory (config.json with
 model.safetensors or pytorch_model.bin). The ViT config (B/32, B/16, L/14, ...) is read off the tensors.
 Output DIR: model.json (model 'clip', OpenAI-style config) + config.json + flax_model.msgpack, float32, so both
-`ffclip_jax.pretrained.load(DIR)` and `transformers.FlaxCLIPModel.from_pretrained(DIR)` load it.
+`ffclip_jax.weights.pretrained.load(DIR)` and `transformers.FlaxCLIPModel.from_pretrained(DIR)` load it.
 """
 from __future__ import annotations
 
@@ -16,7 +16,7 @@ from typing import Any, Dict, List, Mapping
 import numpy as np
 
 from convert_weights import common
-from convert_weights.mapping import Rule, conv, convert, linear, split
+from convert_weights.mapping import Rule, conv, apply_rules, linear, split
 from ffclip_jax.errors import CheckpointError, ConversionError
 
 NAME = "clip"
@@ -139,8 +139,8 @@ def infer_hf_config(sd: Mapping[str, np.ndarray], hf_cfg: Mapping[str, Any], sou
 
 
 def convert_state_dict(sd: Mapping[str, np.ndarray], *, source: str = "checkpoint", hf_cfg=None):
-    """OpenAI (or, with `hf_cfg`, transformers) CLIP state dict -> (config, variables) for `ffclip_jax.clip.CLIP`."""
-    from ffclip_jax import clip
+    """OpenAI (or, with `hf_cfg`, transformers) CLIP state dict -> (config, variables) for `ffclip_jax.models.clip.CLIP`."""
+    from ffclip_jax.models import clip
 
     if hf_cfg is not None:
         config = infer_hf_config(sd, hf_cfg, source)
@@ -148,7 +148,7 @@ def convert_state_dict(sd: Mapping[str, np.ndarray], *, source: str = "checkpoin
     else:
         config = infer_openai_config(sd, source)
         rules, ignore = _openai_rules(), OPENAI_IGNORE
-    variables = convert(sd, rules, clip.expected_shapes(config), ignore=ignore, source=source)
+    variables = apply_rules(sd, rules, clip.expected_shapes(config), ignore=ignore, source=source)
     return config, variables
 
 
@@ -172,7 +172,7 @@ def _read_hf_dir(path: str):
 
 def read_input(path: str):
     """(flat state dict, transformers config or None) of any supported input."""
-    from ffclip_jax.torch_io import is_torchscript, load_torchscript_state_dict
+    from ffclip_jax.weights.torch_io import is_torchscript, load_torchscript_state_dict
 
     path = os.fspath(path)
     if os.path.isdir(path):
@@ -193,14 +193,17 @@ def read_input(path: str):
     return sd, ({} if is_hf else None)
 
 
-def run(args) -> None:
-    from ffclip_jax import clip, pretrained
+def recognise(ckpt: Mapping[str, Any]) -> bool:
+    """An OpenAI CLIP state dict (text_projection / visual.proj) or a transformers CLIPModel one (text_model.*)."""
+    keys = common.inner_keys(ckpt)
+    return bool({"text_projection", "visual.proj"} & set(keys)) or any(k.startswith("text_model.") for k in keys)
 
-    sd, hf_cfg = read_input(args.input)
-    config, variables = convert_state_dict(sd, source=str(args.input), hf_cfg=hf_cfg)
-    with pretrained.atomic_output_dir(args.output, args.force) as tmp:
-        clip.save_hf(tmp, config, variables)
-        pretrained.write_meta(tmp, NAME, config, {"source": str(args.input),
-                                                  "weights_sha256": clip.sha256_file(os.path.join(tmp, clip.HF_WEIGHTS))})
+
+def convert(input, output, *, force: bool = False) -> None:
+    from ffclip_jax.weights import pretrained
+
+    sd, hf_cfg = read_input(input)
+    config, variables = convert_state_dict(sd, source=str(input), hf_cfg=hf_cfg)
+    pretrained.save_clip(output, config, variables, extra={"source": str(input)}, overwrite=force)
     print(f"wrote {NAME} (ViT width {config['vision_width']}, patch {config['vision_patch_size']}, "
-          f"{config['image_resolution']}px, embed {config['embed_dim']}) to {args.output}")
+          f"{config['image_resolution']}px, embed {config['embed_dim']}) to {output}")

@@ -1,12 +1,24 @@
-"""Helpers shared by the converters: loading a checkpoint as a dict, recognising which upstream model a file holds."""
+"""Steps every converter shares: reading a checkpoint as a dict, recognising which upstream model a file holds (by
+asking each converter's `recognise` in registry order), `module.` stripping, latent_avg lookup, and writing outputs
+(a single model, or a model plus the generator stored in the same upstream file)."""
 from __future__ import annotations
 
-from typing import Any, Dict, Mapping, Optional
+import importlib
+import os
+from typing import Any, Dict, Mapping, Optional, Tuple
 
 import numpy as np
 
 from ffclip_jax.errors import CheckpointError
-from ffclip_jax.torch_io import flatten_state_dict, load_checkpoint
+from ffclip_jax.weights import pretrained, registry
+from ffclip_jax.weights.torch_io import flatten_state_dict, load_checkpoint
+
+GENERATOR_SUBDIR = "generator"  # where e4e and FFCLIP conversions put the generator stored in their file
+
+
+def converter(name: str):
+    """The module `convert_weights.<name>`."""
+    return importlib.import_module(f"convert_weights.{name}")
 
 
 def load_dict(path) -> Dict[str, Any]:
@@ -23,37 +35,30 @@ def state_dict(obj: Any, where: str) -> Dict[str, np.ndarray]:
     return flatten_state_dict(obj)
 
 
-def detect_kind(ckpt: Mapping[str, Any]) -> Optional[str]:
-    """Which upstream format a loaded checkpoint dict is, by content: 'stylegan2', 'e4e', 'ffclip', 'clip',
-    'arcface', 'parsenet', 'moco' or None."""
-    keys = set(k for k in ckpt if isinstance(k, str))
-    if "g_ema" in keys or ("g" in keys and "d" in keys):
-        return "stylegan2"
+def string_keys(obj: Any) -> Tuple[str, ...]:
+    """The string keys of a mapping (none for anything else): what recognition rules look at."""
+    return tuple(k for k in obj if isinstance(k, str)) if isinstance(obj, Mapping) else ()
+
+
+def inner_keys(ckpt: Mapping[str, Any]) -> Tuple[str, ...]:
+    """Keys of `ckpt['state_dict']` when it is a mapping, else of `ckpt` itself."""
     inner = ckpt.get("state_dict")
-    if isinstance(inner, Mapping):
-        ik = [k for k in inner if isinstance(k, str)]
-        if any(k.startswith("module.att_mapper.") or k.startswith("att_mapper.") for k in ik):
-            return "ffclip"
-        if any(k.startswith("module.encoder_q.") for k in ik):
-            return "moco"
-        if any(k.startswith("encoder.") for k in ik):
-            return "e4e"
-        keys = set(ik)
-    flat = keys
-    if any(k.startswith("module.encoder_q.") for k in flat):
-        return "moco"
-    if "text_projection" in flat or "visual.proj" in flat or any(k.startswith("text_model.") for k in flat):
-        return "clip"
-    if any(k.startswith("output_layer.") for k in flat) and any(k.startswith("body.") for k in flat):
-        return "arcface"
-    if any(k.startswith("conv1.conv1.") or k.startswith("up_concat") for k in flat):
-        return "parsenet"
-    return None
+    return string_keys(inner if isinstance(inner, Mapping) else ckpt)
+
+
+def strip_prefix(sd: Mapping[str, np.ndarray], prefix: str = "module.") -> Dict[str, np.ndarray]:
+    """Remove `prefix` (DataParallel's `module.`) from the keys that have it."""
+    return {k[len(prefix):] if k.startswith(prefix) else k: v for k, v in sd.items()}
+
+
+def recognise(ckpt: Mapping[str, Any]) -> Optional[str]:
+    """The converter whose `recognise(ckpt)` accepts a loaded checkpoint dict (registry order), or None."""
+    return next((name for name in registry.CONVERTERS if converter(name).recognise(ckpt)), None)
 
 
 def refuse_other_kinds(ckpt: Mapping[str, Any], expected: str, path) -> None:
     """Raise if the file is recognisably another model, naming the converter to use instead."""
-    kind = detect_kind(ckpt)
+    kind = recognise(ckpt)
     if kind is not None and kind != expected:
         raise CheckpointError(f"{path}: this is a {kind} checkpoint, not {expected}; use "
                               f"`python -m convert_weights {kind} --input {path} --output DIR`")
@@ -69,8 +74,31 @@ def image_model_shapes(module, height: int, width: Optional[int] = None):
     return jax.eval_shape(lambda: module.init(jax.random.PRNGKey(0), x))
 
 
-def save_converted(args, name: str, config, variables) -> None:
-    """Write the conversion of `args.input` as a converted directory `args.output` (atomic; --force overwrites)."""
-    from ffclip_jax import pretrained
+def read_latent_avg(path: str, option: str = "--latent-avg-from") -> np.ndarray:
+    """latent_avg (style_dim,) from a converted stylegan2 directory or a checkpoint file holding 'latent_avg'."""
+    if os.path.isdir(path):
+        meta = pretrained.read_meta(path)
+        if meta["model"] != "stylegan2":
+            raise CheckpointError(f"{option} {path}: holds model '{meta['model']}', expected a converted stylegan2 "
+                                  f"generator directory")
+        variables = pretrained.restore_variables(os.path.join(path, pretrained.VARIABLES_DIR))
+        latent_avg = variables["buffers"]["latent_avg"]
+    else:
+        ckpt = load_dict(path)
+        if ckpt.get("latent_avg") is None:
+            raise CheckpointError(f"{option} {path}: no 'latent_avg' entry")
+        latent_avg = ckpt["latent_avg"]
+    return np.asarray(latent_avg, np.float32).reshape(-1, np.shape(latent_avg)[-1])[0]
 
-    pretrained.save(args.output, name, config, variables, extra={"source": str(args.input)}, overwrite=args.force)
+
+def save(input, output: str, model: str, config, variables, *, force: bool = False,
+         generator: Optional[Tuple[Dict[str, Any], Any]] = None, extra: Optional[Dict[str, Any]] = None) -> None:
+    """Atomically write the conversion of `input` as a converted directory `output` (--force overwrites); with
+    `generator` = (config, variables), the generator stored in the same upstream file goes to output/generator."""
+    extra = dict(extra or {}, source=str(input))
+    with pretrained.atomic_output_dir(output, force) as tmp:
+        pretrained.write_model_dir(tmp, model, config, variables, extra=extra)
+        if generator is not None:
+            os.makedirs(os.path.join(tmp, GENERATOR_SUBDIR))
+            pretrained.write_model_dir(os.path.join(tmp, GENERATOR_SUBDIR), "stylegan2", *generator,
+                                       extra={"source": str(input), "from": model})

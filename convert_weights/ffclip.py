@@ -1,6 +1,6 @@
 """FFCLIP release/training checkpoint (`{'state_dict': {'module.att_mapper.*', 'module.generator.*'}, 'opts'}`, an
 `EditModel` saved from DDP; keys without `module.` are accepted too) -> ffclip-jax directories:
-DIR (model 'ffclip_mapper', `ffclip_jax.mapper.DynamicMapper`) and DIR/generator (model 'stylegan2').
+DIR (model 'ffclip_mapper', `ffclip_jax.models.mapper.DynamicMapper`) and DIR/generator (model 'stylegan2').
 
 Upstream keeps the generator's latent_avg as a plain attribute, so the file usually lacks it: then it is taken from
 `--latent-avg-from` (a converted stylegan2 directory or a rosinality checkpoint with 'latent_avg'), or zeros with a
@@ -8,16 +8,16 @@ warning.
 """
 from __future__ import annotations
 
-import os
 import re
-from typing import Dict, Mapping, Optional, Tuple
+from typing import Any, Dict, Mapping, Optional, Tuple
 
 import numpy as np
 
 from convert_weights import common
 from convert_weights import stylegan2 as stylegan2_converter
-from convert_weights.mapping import Rule, convert, linear
-from ffclip_jax.errors import CheckpointError, ConversionError
+from convert_weights.mapping import Rule, apply_rules, linear
+from ffclip_jax.errors import ConversionError
+from ffclip_jax.models.stylegan2 import n_latent
 
 NAME = "ffclip"
 MODEL = "ffclip_mapper"
@@ -71,30 +71,13 @@ def convert_mapper(sd: Mapping[str, np.ndarray], *, source: str = "checkpoint", 
     """Dynamic_mapper state dict ('att_mapper.{i}.*') -> (config, variables) for `DynamicMapper`."""
     import jax
     import jax.numpy as jnp
-    from ffclip_jax.mapper import DynamicMapper
+    from ffclip_jax.models.mapper import DynamicMapper
 
     config = infer_config(sd, source)
     mapper = DynamicMapper(**config)
     w = jnp.zeros((1, config["n_latent"], config["style_dim"]))
     expected = jax.eval_shape(lambda: mapper.init(jax.random.PRNGKey(0), w, w[:, :1]))
-    return config, convert(sd, RULES, expected, ignore=IGNORE, source=source, dtype=dtype)
-
-
-def read_latent_avg(path: str) -> np.ndarray:
-    """latent_avg (style_dim,) from a converted stylegan2 directory or a checkpoint file holding 'latent_avg'."""
-    from ffclip_jax import pretrained
-
-    if os.path.isdir(path):
-        meta = pretrained.read_meta(path)
-        if meta["model"] != "stylegan2":
-            raise CheckpointError(f"{path}: --latent-avg-from needs a stylegan2 directory, this holds {meta['model']}")
-        latent_avg = pretrained.restore_variables(os.path.join(path, pretrained.VARIABLES_DIR))["buffers"]["latent_avg"]
-    else:
-        ckpt = common.load_dict(path)
-        if "latent_avg" not in ckpt:
-            raise CheckpointError(f"{path}: no 'latent_avg' entry for --latent-avg-from")
-        latent_avg = ckpt["latent_avg"]
-    return np.asarray(latent_avg, np.float32)
+    return config, apply_rules(sd, RULES, expected, ignore=IGNORE, source=source, dtype=dtype)
 
 
 def add_arguments(parser) -> None:
@@ -103,41 +86,36 @@ def add_arguments(parser) -> None:
                              "checkpoint (FFCLIP files do not store it; default: zeros with a warning)")
 
 
-def run(args) -> None:
-    from ffclip_jax import pretrained
+def recognise(ckpt: Mapping[str, Any]) -> bool:
+    """An FFCLIP EditModel: `state_dict` with (module.)att_mapper.* keys."""
+    return any(k.startswith(("module.att_mapper.", "att_mapper.")) for k in common.string_keys(ckpt.get("state_dict")))
 
-    ckpt = common.load_dict(args.input)
-    common.refuse_other_kinds(ckpt, NAME, args.input)
+
+def convert(input, output, *, force: bool = False, latent_avg_from: Optional[str] = None) -> None:
+    ckpt = common.load_dict(input)
+    common.refuse_other_kinds(ckpt, NAME, input)
     if "state_dict" not in ckpt:
         found = ", ".join(sorted(k for k in ckpt if isinstance(k, str))[:8])
-        raise ConversionError(f"{args.input}: no 'state_dict' entry (found: {found}); expected an FFCLIP checkpoint")
-    source = f"{args.input}[state_dict]"
+        raise ConversionError(f"{input}: no 'state_dict' entry (found: {found}); expected an FFCLIP checkpoint")
+    source = f"{input}[state_dict]"
     mapper_sd, generator_sd = split_state_dict(common.state_dict(ckpt["state_dict"], source), source)
     config, variables = convert_mapper(mapper_sd, source=f"{source}[att_mapper]")
 
     generator = None
     if generator_sd:
         latent_avg: Optional[np.ndarray] = ckpt.get("latent_avg")
-        if args.latent_avg_from:
-            latent_avg = read_latent_avg(args.latent_avg_from)
+        if latent_avg_from:
+            latent_avg = common.read_latent_avg(latent_avg_from)
         gen_config, gen_variables = stylegan2_converter.convert_state_dict(
             generator_sd, latent_avg, source=f"{source}[generator]")
-        gen_n_latent = 2 * int(np.log2(gen_config["size"])) - 2
-        if gen_n_latent != config["n_latent"]:
-            raise ConversionError(f"{args.input}: the mapper expects n_latent {config['n_latent']} but the "
-                                  f"{gen_config['size']}px generator has {gen_n_latent} latents")
+        if n_latent(gen_config["size"]) != config["n_latent"]:
+            raise ConversionError(f"{input}: the mapper expects n_latent {config['n_latent']} but the "
+                                  f"{gen_config['size']}px generator has {n_latent(gen_config['size'])} latents")
         generator = (gen_config, gen_variables)
     else:
-        print(f"warning: {args.input} holds no generator (module.generator.*); writing the mapper only")
-
-    extra = {"source": str(args.input)}
-    with pretrained.atomic_output_dir(args.output, args.force) as tmp:
-        pretrained.write_model_dir(tmp, MODEL, config, variables, extra=extra)
-        if generator is not None:
-            os.makedirs(os.path.join(tmp, "generator"))
-            pretrained.write_model_dir(os.path.join(tmp, "generator"), stylegan2_converter.NAME, *generator,
-                                       extra=extra)
+        print(f"warning: {input} holds no generator (module.generator.*); writing the mapper only")
+    common.save(input, output, MODEL, config, variables, force=force, generator=generator)
     wrote = f"{MODEL} (n_latent {config['n_latent']})"
     if generator is not None:
         wrote += f" and generator/ (size {generator[0]['size']})"
-    print(f"wrote {wrote} to {args.output}")
+    print(f"wrote {wrote} to {output}")

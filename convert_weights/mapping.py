@@ -3,7 +3,7 @@
 A converter declares `Rule`s: a regular expression over flat PyTorch keys (full match), a transform of the array
 (transpose, reshape, ...) and a target path template in the Flax variables ('params/convs_0/conv/weight'). When the
 target is omitted it is derived from the key: 'convs.0.conv.weight' -> 'params/convs_0/conv/weight'. Keys that a
-model does not use are listed as `ignore` patterns. `convert` is strict: every source key is consumed by exactly one
+model does not use are listed as `ignore` patterns. `apply_rules` is strict: every source key is consumed by exactly one
 rule or ignored, every expected target is filled exactly once, and every shape matches; otherwise it raises a
 ConversionError naming the first offending keys.
 """
@@ -111,7 +111,7 @@ def _first(items: Iterable[str], n: int = 5) -> str:
     return ", ".join(items[:n]) + more
 
 
-def convert(state_dict: Mapping[str, np.ndarray], rules: Sequence[Rule], expected, *,
+def apply_rules(state_dict: Mapping[str, np.ndarray], rules: Sequence[Rule], expected, *,
             ignore: Sequence[str] = (), source: str = "checkpoint", dtype=np.float32) -> dict:
     """Apply `rules` to the flat `state_dict` and return nested Flax variables matching `expected` (a pytree of
     objects with `.shape`, e.g. `jax.eval_shape(model.init, ...)`). Floating arrays are cast to `dtype`."""

@@ -9,7 +9,7 @@ from typing import Any, Dict, Mapping
 import numpy as np
 
 from convert_weights import common
-from convert_weights.mapping import Rule, conv, convert
+from convert_weights.mapping import Rule, conv, apply_rules
 from ffclip_jax.errors import ConversionError
 
 NAME = "moco"
@@ -36,21 +36,27 @@ def infer_config(sd: Mapping[str, np.ndarray], source: str) -> Dict[str, Any]:
 
 
 def convert_state_dict(sd: Mapping[str, np.ndarray], *, source: str = "checkpoint"):
-    """MoCo / torchvision state dict -> (config, variables) for `ffclip_jax.moco.ResNet50`."""
-    from ffclip_jax.moco import ResNet50
+    """MoCo / torchvision state dict -> (config, variables) for `ffclip_jax.models.moco.ResNet50`."""
+    from ffclip_jax.models.moco import ResNet50
 
-    sd = {k[len(PREFIX):] if k.startswith(PREFIX) else k: v for k, v in sd.items()}
+    sd = common.strip_prefix(sd, PREFIX)
     config = infer_config(sd, source)
     model = ResNet50(stage_sizes=tuple(config["stage_sizes"]), width=config["width"])
     expected = common.image_model_shapes(model, 32)
-    return config, convert(sd, RULES, expected, ignore=IGNORE, source=source)
+    return config, apply_rules(sd, RULES, expected, ignore=IGNORE, source=source)
 
 
-def run(args) -> None:
-    ckpt = common.load_dict(args.input)
-    common.refuse_other_kinds(ckpt, NAME, args.input)
-    where = f"{args.input}[state_dict]" if "state_dict" in ckpt else str(args.input)
+def recognise(ckpt: Mapping[str, Any]) -> bool:
+    """MoCo's DataParallel keys `module.encoder_q.*`, at the top level or under `state_dict`."""
+    keys = common.string_keys(ckpt) + common.inner_keys(ckpt)
+    return any(k.startswith(PREFIX) for k in keys)
+
+
+def convert(input, output, *, force: bool = False) -> None:
+    ckpt = common.load_dict(input)
+    common.refuse_other_kinds(ckpt, NAME, input)
+    where = f"{input}[state_dict]" if "state_dict" in ckpt else str(input)
     sd = common.state_dict(ckpt.get("state_dict", ckpt), where)
     config, variables = convert_state_dict(sd, source=where)
-    common.save_converted(args, NAME, config, variables)
-    print(f"wrote {NAME} (ResNet stages {config['stage_sizes']}, width {config['width']}) to {args.output}")
+    common.save(input, output, NAME, config, variables, force=force)
+    print(f"wrote {NAME} (ResNet stages {config['stage_sizes']}, width {config['width']}) to {output}")

@@ -7,7 +7,7 @@ from typing import Any, Dict, Mapping
 import numpy as np
 
 from convert_weights import common
-from convert_weights.mapping import Rule, conv, conv_transpose, convert
+from convert_weights.mapping import Rule, conv, conv_transpose, apply_rules
 from ffclip_jax.errors import ConversionError
 
 NAME = "parsenet"
@@ -26,7 +26,7 @@ IGNORE = [r".*\.num_batches_tracked"]
 
 def infer_config(sd: Mapping[str, np.ndarray], source: str) -> Dict[str, Any]:
     """feature_scale, n_classes and is_batchnorm read off a `unet` state dict."""
-    from ffclip_jax.parsenet import BASE_FILTERS
+    from ffclip_jax.models.parsenet import BASE_FILTERS
 
     if "conv1.conv1.0.weight" not in sd or "final.weight" not in sd:
         raise ConversionError(f"{source}: not a face-parsing UNet state dict (no conv1.conv1.0.weight / final.weight)")
@@ -38,18 +38,23 @@ def infer_config(sd: Mapping[str, np.ndarray], source: str) -> Dict[str, Any]:
 
 
 def convert_state_dict(sd: Mapping[str, np.ndarray], *, source: str = "checkpoint"):
-    """`unet` state dict -> (config, variables) for `ffclip_jax.parsenet.UNet`."""
-    from ffclip_jax.parsenet import UNet
+    """`unet` state dict -> (config, variables) for `ffclip_jax.models.parsenet.UNet`."""
+    from ffclip_jax.models.parsenet import UNet
 
     config = infer_config(sd, source)
     model = UNet(**config)
     expected = common.image_model_shapes(model, 16)
-    return config, convert(sd, RULES, expected, ignore=IGNORE, source=source)
+    return config, apply_rules(sd, RULES, expected, ignore=IGNORE, source=source)
 
 
-def run(args) -> None:
-    ckpt = common.load_dict(args.input)
-    common.refuse_other_kinds(ckpt, NAME, args.input)
-    config, variables = convert_state_dict(common.state_dict(ckpt, str(args.input)), source=str(args.input))
-    common.save_converted(args, NAME, config, variables)
-    print(f"wrote {NAME} (feature_scale {config['feature_scale']}, {config['n_classes']} classes) to {args.output}")
+def recognise(ckpt: Mapping[str, Any]) -> bool:
+    """A bare `unet()` state dict: conv1.conv1.* or up_concat* keys."""
+    return any(k.startswith(("conv1.conv1.", "up_concat")) for k in common.inner_keys(ckpt))
+
+
+def convert(input, output, *, force: bool = False) -> None:
+    ckpt = common.load_dict(input)
+    common.refuse_other_kinds(ckpt, NAME, input)
+    config, variables = convert_state_dict(common.state_dict(ckpt, str(input)), source=str(input))
+    common.save(input, output, NAME, config, variables, force=force)
+    print(f"wrote {NAME} (feature_scale {config['feature_scale']}, {config['n_classes']} classes) to {output}")

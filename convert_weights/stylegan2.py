@@ -8,10 +8,10 @@ from typing import Any, Dict, Mapping, Optional
 
 import numpy as np
 
-from convert_weights.mapping import Rule, conv, convert, linear, nchw, reshape
+from convert_weights.mapping import Rule, conv, apply_rules, linear, nchw, reshape
 from convert_weights import common
 from ffclip_jax.errors import ConversionError
-from ffclip_jax.layers import make_kernel
+from ffclip_jax.nn.layers import make_kernel
 
 NAME = "stylegan2"
 HELP = "rosinality StyleGAN2 generator (g_ema) -> Flax"
@@ -65,10 +65,10 @@ def infer_config(sd: Mapping[str, np.ndarray], source: str) -> Dict[str, Any]:
 
 def convert_state_dict(sd: Mapping[str, np.ndarray], latent_avg: Optional[np.ndarray], *, source: str = "checkpoint",
                        overrides: Optional[Dict[str, Any]] = None):
-    """g_ema state dict (+ latent_avg) -> (config, variables) for `ffclip_jax.stylegan2.Generator`."""
+    """g_ema state dict (+ latent_avg) -> (config, variables) for `ffclip_jax.models.stylegan2.Generator`."""
     import jax
     import jax.numpy as jnp
-    from ffclip_jax.stylegan2 import Generator
+    from ffclip_jax.models.stylegan2 import Generator
 
     config = dict(infer_config(sd, source), lr_mlp=0.01)
     config.update(overrides or {})
@@ -82,7 +82,7 @@ def convert_state_dict(sd: Mapping[str, np.ndarray], latent_avg: Optional[np.nda
     if latent_avg.ndim == 2:  # e4e stores (n_latent, 512) repeats
         latent_avg = latent_avg[0]
     sd["latent_avg"] = latent_avg
-    variables = convert(sd, RULES, expected, ignore=IGNORE, source=source)
+    variables = apply_rules(sd, RULES, expected, ignore=IGNORE, source=source)
     return config, variables
 
 
@@ -93,17 +93,22 @@ def add_arguments(parser) -> None:
     parser.add_argument("--lr-mlp", type=float, help="mapping network lr multiplier (default 0.01; not in the file)")
 
 
-def run(args) -> None:
-    ckpt = common.load_dict(args.input)
-    common.refuse_other_kinds(ckpt, NAME, args.input)
-    if args.key not in ckpt:
+def recognise(ckpt: Mapping[str, Any]) -> bool:
+    """A rosinality training checkpoint: `g_ema`, or `g` beside `d`."""
+    keys = set(common.string_keys(ckpt))
+    return "g_ema" in keys or {"g", "d"} <= keys
+
+
+def convert(input, output, *, force: bool = False, key: str = "g_ema", size: Optional[int] = None,
+            channel_multiplier: Optional[int] = None, lr_mlp: Optional[float] = None) -> None:
+    ckpt = common.load_dict(input)
+    common.refuse_other_kinds(ckpt, NAME, input)
+    if key not in ckpt:
         found = ", ".join(sorted(k for k in ckpt if isinstance(k, str))[:8])
-        raise ConversionError(f"{args.input}: no '{args.key}' entry (found: {found}); expected a rosinality "
-                              f"StyleGAN2 checkpoint")
-    sd = common.state_dict(ckpt[args.key], f"{args.input}[{args.key}]")
-    overrides = {k: v for k, v in dict(size=args.size, channel_multiplier=args.channel_multiplier,
-                                       lr_mlp=args.lr_mlp).items() if v is not None}
-    config, variables = convert_state_dict(sd, ckpt.get("latent_avg"), source=f"{args.input}[{args.key}]",
-                                           overrides=overrides)
-    common.save_converted(args, NAME, config, variables)
-    print(f"wrote {NAME} (size {config['size']}, channel_multiplier {config['channel_multiplier']}) to {args.output}")
+        raise ConversionError(f"{input}: no '{key}' entry (found: {found}); expected a rosinality StyleGAN2 checkpoint")
+    sd = common.state_dict(ckpt[key], f"{input}[{key}]")
+    overrides = {k: v for k, v in dict(size=size, channel_multiplier=channel_multiplier, lr_mlp=lr_mlp).items()
+                 if v is not None}
+    config, variables = convert_state_dict(sd, ckpt.get("latent_avg"), source=f"{input}[{key}]", overrides=overrides)
+    common.save(input, output, NAME, config, variables, force=force)
+    print(f"wrote {NAME} (size {config['size']}, channel_multiplier {config['channel_multiplier']}) to {output}")

@@ -30,54 +30,15 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 
-from ffclip_jax import pretrained
+from ffclip_jax.batching import in_batches, jit_apply
+from ffclip_jax.models.stylegan2 import Generator
+from ffclip_jax.weights import pretrained
 from ffclip_jax.errors import CheckpointError, InputError, run_cli
 from ffclip_jax.fileio import atomic_write, write_json_atomic
-from ffclip_jax.weights import WeightsDir, resolve
+from ffclip_jax.weights.manifest import WeightsDir, resolve
 
 DEFAULT_BATCH = 8
 GRID_CELL = 256  # grid cells are downscaled to at most this many pixels a side
-
-
-@functools.lru_cache(maxsize=None)
-def _map_fn(mapper):
-    """jit(w (B, L, D), e (B, D), strength (B,) -> w_hat), one per (equal) mapper module."""
-    return jax.jit(lambda variables, w, e, s: mapper.apply(variables, w, e, s))
-
-
-@functools.lru_cache(maxsize=None)
-def _render_fn(generator):
-    """jit(w+ (B, L, D) -> images (B, H, W, 3)) with the generator's fixed noise buffers (as FFCLIP)."""
-    return jax.jit(lambda variables, w: generator.apply(variables, w, input_is_latent=True))
-
-
-@functools.lru_cache(maxsize=None)
-def _sample_fn(generator):
-    """jit(z (B, D), truncation -> w+ (B, L, D)): mapping network, truncation towards latent_avg, broadcast."""
-    from ffclip_jax.stylegan2 import Generator
-
-    def sample(variables, z, truncation):
-        w = generator.apply(variables, z, method=Generator.mapping)
-        avg = variables["buffers"]["latent_avg"]
-        w = avg + truncation * (w - avg)
-        return jnp.broadcast_to(w[:, None], (w.shape[0], generator.n_latent, w.shape[-1]))
-    return jax.jit(sample)
-
-
-def in_batches(fn, arrays: Sequence[np.ndarray], batch_size: int, progress=None) -> np.ndarray:
-    """fn(*batch) over rows of `arrays` in fixed-size batches (the last one padded by repeating its last row, so one
-    compilation serves every call); returns the stacked outputs of the real rows as numpy."""
-    n = len(arrays[0])
-    out = []
-    for start in range(0, n, batch_size):
-        rows = [np.asarray(a[start:start + batch_size]) for a in arrays]
-        real = len(rows[0])
-        if real < batch_size:
-            rows = [np.concatenate([r, np.repeat(r[-1:], batch_size - real, axis=0)]) for r in rows]
-        out.append(np.asarray(fn(*rows))[:real])
-        if progress is not None:
-            progress.update(real)
-    return np.concatenate(out)
 
 
 @dataclasses.dataclass
@@ -103,7 +64,7 @@ class Editor:
                  weights: Optional[WeightsDir] = None, batch_size: int = DEFAULT_BATCH,
                  cache_dir: Optional[str] = None):
         """mapper, generator, clip, encoder: (module, variables) pairs; clip_dir: the converted CLIP directory (key
-        of the on-disk text-embedding cache, `ffclip_jax.clip.prompt_embeddings`)."""
+        of the on-disk text-embedding cache, `ffclip_jax.text.embeddings.prompt_embeddings`)."""
         if batch_size < 1:
             raise InputError(f"batch size must be >= 1, got {batch_size}")
         self.mapper, self.mapper_variables = mapper
@@ -142,8 +103,8 @@ class Editor:
                                   f"edits {want}; use the generator the mapper was trained with")
         if self.encoder is not None:
             enc = self.encoder[0]
-            if (enc.n_styles, enc.style_dim) != want:
-                raise CheckpointError(f"the e4e encoder predicts w+ of shape {(enc.n_styles, enc.style_dim)} but the "
+            if (enc.n_latent, enc.style_dim) != want:
+                raise CheckpointError(f"the e4e encoder predicts w+ of shape {(enc.n_latent, enc.style_dim)} but the "
                                       f"mapper edits {want}")
         if self.clip is not None and self.clip[0].config.projection_dim != want[1]:
             raise CheckpointError(f"CLIP embeds text in {self.clip[0].config.projection_dim} dims but the mapper "
@@ -157,11 +118,11 @@ class Editor:
 
     def map_latents(self, w, embeddings, strength=1.0):
         """w_hat = w + strength * mapper delta: w (B, L, D), embeddings (B, D) or (1, D), strength scalar or (B,)."""
-        return _map_fn(self.mapper)(self.mapper_variables, w, embeddings, strength)
+        return jit_apply(self.mapper)(self.mapper_variables, w, embeddings, strength)
 
     def render(self, w):
         """Generator images (B, H, W, 3) of w+ (B, L, D)."""
-        return _render_fn(self.generator)(self.generator_variables, w)
+        return jit_apply(self.generator, input_is_latent=True)(self.generator_variables, w)
 
     # ---- numpy in / numpy out ------------------------------------------------------------------------------
 
@@ -178,21 +139,21 @@ class Editor:
         if n < 1:
             raise InputError(f"number of samples must be >= 1, got {n}")
         z = np.asarray(jax.random.normal(jax.random.PRNGKey(seed), (n, self.generator.style_dim)))
-        fn = functools.partial(_sample_fn(self.generator), self.generator_variables,
-                               truncation=jnp.float32(truncation))
-        return in_batches(fn, [z], self.batch_size)
+        sample = jit_apply(self.generator, Generator.w_plus)
+        return in_batches(lambda zs: sample(self.generator_variables, zs, jnp.float32(truncation)), [z],
+                          self.batch_size)
 
     def text_embeddings(self, prompts: Sequence[str]) -> np.ndarray:
         """(P, D) CLIP `encode_text` of each prompt, computed once per prompt (kept in memory and in the on-disk
-        cache of `ffclip_jax.clip.prompt_embeddings`)."""
-        from ffclip_jax import clip as clip_lib
+        cache of `ffclip_jax.text.embeddings.prompt_embeddings`)."""
+        from ffclip_jax.text.embeddings import prompt_embeddings
 
         prompts = check_prompts(prompts)
         for p in prompts:
             if p not in self._embeddings:
                 if self.clip is None:
                     raise self._missing("CLIP model", "text prompts")
-                self._embeddings[p] = clip_lib.prompt_embeddings(self.clip_dir, [p], self.cache_dir,
+                self._embeddings[p] = prompt_embeddings(self.clip_dir, [p], self.cache_dir,
                                                                  clip=self.clip)[0]
         return np.stack([self._embeddings[p] for p in prompts])
 
@@ -219,8 +180,8 @@ class Editor:
         n, p, s = len(w), len(prompts), len(strengths)
         idx_n, idx_p, idx_s = (a.ravel() for a in np.meshgrid(np.arange(n), np.arange(p), np.arange(s),
                                                               indexing="ij"))
-        map_fn = functools.partial(_map_fn(self.mapper), self.mapper_variables)
-        render_fn = functools.partial(_render_fn(self.generator), self.generator_variables)
+        map_fn = functools.partial(jit_apply(self.mapper), self.mapper_variables)
+        render_fn = functools.partial(jit_apply(self.generator, input_is_latent=True), self.generator_variables)
         edited = in_batches(map_fn, [w[idx_n], e[idx_p], np.asarray(strengths, np.float32)[idx_s]], self.batch_size)
         with tqdm(total=n + len(edited), desc="rendering", unit="img", disable=not progress) as bar:
             recon = in_batches(render_fn, [w], self.batch_size, bar)

@@ -3,7 +3,7 @@
     python -m ffclip_jax.invert --encoder weights/e4e --images photos/ --output latents.npy [--batch-size 8]
         [--generator weights/e4e/generator --grid recon.png]
 
-Writes latents.npy (N, n_styles, 512) float32 and latents.json (the source files, in the same order); unreadable
+Writes latents.npy (N, n_latent, 512) float32 and latents.json (the source files, in the same order); unreadable
 files are skipped and listed. Preprocessing is e4e's: RGB, PIL bilinear resize to the encoder's input size
 (256x256; cars 192x256), ToTensor, Normalize(0.5, 0.5) -> [-1, 1].
 
@@ -21,6 +21,8 @@ from typing import Callable, Iterable, List, Optional, Sequence, Tuple
 
 import numpy as np
 
+from ffclip_jax import grid
+from ffclip_jax.batching import in_batches, jit_apply
 from ffclip_jax.errors import CheckpointError, InputError, run_cli
 from ffclip_jax.fileio import atomic_write, write_json_atomic
 
@@ -31,7 +33,7 @@ GRID_MAX_ROWS = 16
 
 def load_encoder(directory: str):
     """(module, variables) of a converted e4e/pSp directory (`python -m convert_weights e4e`)."""
-    from ffclip_jax import pretrained
+    from ffclip_jax.weights import pretrained
 
     meta = pretrained.read_meta(directory)
     if meta["model"] not in ENCODER_MODELS:
@@ -67,45 +69,24 @@ def preprocess(image, size: Tuple[int, int], resize: bool = True, name: str = "i
     return to_unit_range(np.asarray(image))
 
 
-@functools.lru_cache(maxsize=8)
-def jitted_apply(module):
-    """jax.jit(module.apply), one per (equal) module, so repeated inversions reuse the compilation."""
-    import jax
-
-    return jax.jit(module.apply)
-
-
-def _batched(jitted: Callable, variables, batch_size: int):
-    """Run jitted(variables, x) on lists of arrays in fixed-size batches (the last one padded, so one compilation
-    serves all); returns the outputs of the real rows."""
-
-    def run(xs: Sequence[np.ndarray]):
-        x = np.stack(xs)
-        n = x.shape[0]
-        if n < batch_size:
-            x = np.concatenate([x, np.repeat(x[-1:], batch_size - n, axis=0)])
-        return np.asarray(jitted(variables, x))[:n]
-    return run
-
-
 def _invert_stream(encoder, variables, arrays: Iterable[np.ndarray], batch_size: int) -> Optional[np.ndarray]:
     """Codes of a stream of preprocessed (H, W, 3) arrays, run in batches of batch_size; None for an empty stream."""
-    run = _batched(jitted_apply(encoder), variables, batch_size)
+    run = functools.partial(jit_apply(encoder), variables)
     codes, batch = [], []
     for x in arrays:
         batch.append(x)
         if len(batch) == batch_size:
-            codes.append(run(batch))
+            codes.append(in_batches(run, [np.stack(batch)], batch_size))
             batch = []
     if batch:
-        codes.append(run(batch))
+        codes.append(in_batches(run, [np.stack(batch)], batch_size))
     return np.concatenate(codes).astype(np.float32) if codes else None
 
 
 def invert_arrays(encoder, variables, images: Iterable, *, batch_size: int = 8, resize: bool = True,
                   progress: bool = True) -> np.ndarray:
     """Invert uint8 images ((N, H, W, 3) array or a list of (H, W[, C]) arrays / PIL images, of any size with
-    resize=True) -> codes (N, n_styles, style_dim) float32."""
+    resize=True) -> codes (N, n_latent, style_dim) float32."""
     from tqdm import tqdm
 
     images = list(images)
@@ -150,7 +131,7 @@ def reconstruct(generator, gen_variables, codes: np.ndarray, size: Tuple[int, in
     average-pooled to `size` (pSp's face_pool) -> (N, H, W, 3) in about [-1, 1]."""
     import jax
 
-    from ffclip_jax.image_ops import adaptive_avg_pool2d
+    from ffclip_jax.nn.image_ops import adaptive_avg_pool2d
 
     h, w = size
 
@@ -161,21 +142,12 @@ def reconstruct(generator, gen_variables, codes: np.ndarray, size: Tuple[int, in
         top = (s - crop) // 2
         return adaptive_avg_pool2d(img[:, top:top + crop], (h, w))
 
-    run = _batched(jax.jit(render), gen_variables, batch_size)
-    return np.concatenate([run(list(codes[i:i + batch_size])) for i in range(0, len(codes), batch_size)])
-
-
-def to_uint8(x: np.ndarray) -> np.ndarray:
-    """[-1, 1] float -> uint8, as e4e's tensor2im."""
-    return (np.clip((x + 1) / 2, 0, 1) * 255).astype(np.uint8)
+    return in_batches(functools.partial(jax.jit(render), gen_variables), [codes], batch_size)
 
 
 def save_grid(path: str, inputs: np.ndarray, recons: np.ndarray) -> None:
     """PNG with one row per image: input | reconstruction (both (N, H, W, 3) in [-1, 1]); written atomically."""
-    from PIL import Image
-
-    grid = np.concatenate([np.concatenate([to_uint8(a), to_uint8(b)], axis=1) for a, b in zip(inputs, recons)])
-    atomic_write(path, lambda tmp: Image.fromarray(grid).save(tmp, format="PNG"))
+    grid.save_grid(path, np.stack([inputs, recons], axis=1), column_labels=["input", "reconstruction"])
 
 
 def invert_files(encoder, variables, files: Sequence[str], *, batch_size: int = 8, resize: bool = True,
@@ -232,7 +204,7 @@ def main(argv=None) -> None:
     encoder, variables = load_encoder(args.encoder)
     generator = None
     if args.grid:
-        from ffclip_jax import pretrained
+        from ffclip_jax.weights import pretrained
         generator = pretrained.load(generator_dir)
     files = list_images(args.images)
     codes, done, skipped, inputs = invert_files(encoder, variables, files, batch_size=args.batch_size,

@@ -26,9 +26,11 @@ import jax.numpy as jnp
 import numpy as np
 from tqdm.auto import tqdm
 
-from ffclip_jax import clip as clip_lib
-from ffclip_jax import image_ops, losses
+from ffclip_jax import losses
 from ffclip_jax.errors import InputError
+from ffclip_jax.models.clip import encode_image
+from ffclip_jax.nn import image_ops
+from ffclip_jax.nn.layers import l2_normalize
 
 Network = Tuple[Any, Any]  # (flax module, variables)
 
@@ -75,20 +77,17 @@ def clip_preprocess(images, resolution: int = 224):
     return image_ops.apply_separable(jnp.clip(images, -1.0, 1.0), mh, mw)
 
 
-def _unit(f):
-    return f / jnp.maximum(jnp.linalg.norm(f, axis=-1, keepdims=True), 1e-12)
-
-
 def clip_image_features(clip: Network, images):
     """L2-normalised CLIP image features with OpenAI's preprocessing: (B, H, W, 3) -> (B, embed_dim)."""
     module, _ = clip
     x = clip_preprocess(images, module.config.vision_config.image_size)
-    return _unit(clip_lib.encode_image(clip, x, normalize=True))
+    return l2_normalize(encode_image(clip, x, normalize=True), eps=1e-12)
 
 
 def clip_score(image_features, text_features):
     """100 * cos(image_i, text_i): (B, E) image features, (B, E) or (E,) text features (any norm) -> (B,)."""
-    return CLIP_SCORE_SCALE * jnp.sum(_unit(image_features) * _unit(text_features), axis=-1)
+    unit_image, unit_text = l2_normalize(image_features, eps=1e-12), l2_normalize(text_features, eps=1e-12)
+    return CLIP_SCORE_SCALE * jnp.sum(unit_image * unit_text, axis=-1)
 
 
 # ---------------------------------------------------------------------------------------------------------------

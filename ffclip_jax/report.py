@@ -19,7 +19,7 @@ from typing import Any, Dict, List, Mapping, Sequence
 
 import numpy as np
 
-from ffclip_jax import pretrained
+from ffclip_jax.weights import pretrained
 
 JSON_FILE, MARKDOWN_FILE, BARS_FILE = "report.json", "report.md", "per_prompt.png"
 KINDS = ("single", "composition")

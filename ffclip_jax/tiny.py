@@ -40,7 +40,7 @@ def _random_like(path, leaf, rng: np.random.RandomState) -> np.ndarray:
 def _save_flax(directory: str, model: str, module, config, example, seed: int, numpy_fill: bool = False) -> None:
     """Random variables of `module` saved as a converted directory: `module.init`, or a numpy fill of its shapes
     (`numpy_fill`, for the deep torch.nn-style networks whose init would take long to compile)."""
-    from ffclip_jax import pretrained
+    from ffclip_jax.weights import pretrained
 
     if numpy_fill:
         rng = np.random.RandomState(seed)
@@ -52,23 +52,21 @@ def _save_flax(directory: str, model: str, module, config, example, seed: int, n
 
 
 def _save_clip(directory: str, seed: int) -> None:
-    from ffclip_jax import clip, pretrained
+    from ffclip_jax.models import clip
+    from ffclip_jax.weights import pretrained
 
     config = clip.tiny_config()
     _, variables = clip.init_random(config, seed)
-    with pretrained.atomic_output_dir(directory, overwrite=True) as tmp:
-        clip.save_hf(tmp, config, variables)
-        pretrained.write_meta(tmp, "clip", config, {"source": "ffclip_jax.tiny (random)",
-                                                    "weights_sha256": clip.sha256_file(os.path.join(tmp, clip.HF_WEIGHTS))})
+    pretrained.save_clip(directory, config, variables, extra={"source": "ffclip_jax.tiny (random)"}, overwrite=True)
 
 
 def ensure_assets(directory: str, seed: int = 0) -> Dict[str, str]:
     """Create what is missing under `directory`; returns the weights directories and the data dir."""
-    from ffclip_jax import pretrained
-    from ffclip_jax.arcface import Backbone
-    from ffclip_jax.moco import ResNet50
-    from ffclip_jax.parsenet import UNet
-    from ffclip_jax.stylegan2 import Generator
+    from ffclip_jax.weights import pretrained
+    from ffclip_jax.models.arcface import Backbone
+    from ffclip_jax.models.moco import ResNet50
+    from ffclip_jax.models.parsenet import UNet
+    from ffclip_jax.models.stylegan2 import Generator
 
     directory = os.path.abspath(directory)
     paths = {name: os.path.join(directory, name) for name in ("generator", "clip", "arcface", "parsenet", "moco")}

@@ -11,8 +11,8 @@ import pytest
 import torch
 
 from convert_weights.__main__ import main as convert_main
-from ffclip_jax import pretrained
-from ffclip_jax.arcface import Backbone
+from ffclip_jax.weights import pretrained
+from ffclip_jax.models.arcface import Backbone
 from ffclip_jax.errors import FFCLIPError, run_cli
 from torch_ref import irse as ref
 from parity import ROOT, assert_close, nhwc

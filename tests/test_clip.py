@@ -12,10 +12,13 @@ import pytest
 import torch
 
 from convert_weights.__main__ import main as convert_main
-from ffclip_jax import clip as fclip
-from ffclip_jax import pretrained
+from ffclip_jax import losses
+from ffclip_jax.models import clip as fclip
+from ffclip_jax.text import embeddings
+from ffclip_jax.text.embeddings import encode_text, prompt_embeddings
+from ffclip_jax.weights import pretrained
 from ffclip_jax.errors import CheckpointError, ConversionError, InputError
-from ffclip_jax.tokenizer import tokenize
+from ffclip_jax.text.tokenizer import tokenize
 from torch_ref import clip as tref
 from parity import ROOT, nhwc
 
@@ -79,8 +82,8 @@ def test_features_and_logits_match_torch(torch_model, converted):
     assert_close(text, want_text)
     assert_close(image, want_image)
     assert_close(logits, want_logits)
-    assert_close(fclip.encode_text(clip, PROMPTS[:3]), want_text[:3])  # one batch of 4, padded
-    assert_close(fclip.encode_text(clip, PROMPTS, batch_size=2), want_text)  # two batches
+    assert_close(encode_text(clip, PROMPTS[:3]), want_text[:3])  # one batch of 4, padded
+    assert_close(encode_text(clip, PROMPTS, batch_size=2), want_text)  # two batches
 
 
 def test_output_loads_in_transformers_flax_clip(converted):
@@ -91,7 +94,7 @@ def test_output_loads_in_transformers_flax_clip(converted):
     jax.tree.map(np.testing.assert_array_equal, params, clip[1]["params"])
     meta = json.loads((d / "out" / "model.json").read_text())
     assert meta["model"] == "clip" and meta["config"] == fclip.tiny_config()
-    assert meta["extra"]["weights_sha256"] == fclip.sha256_file(str(d / "out" / fclip.HF_WEIGHTS))
+    assert meta["extra"]["weights_sha256"] == pretrained.sha256_file(str(d / "out" / pretrained.CLIP_WEIGHTS))
 
 
 def test_torchscript_archive_via_cli_and_fp16_state_dict(torch_model, converted, tmp_path):
@@ -147,12 +150,12 @@ def _loss_vs_torch(torch_model, clip, size, scale, kernel, batch=2):
     (want_grad,) = torch.autograd.grad(want.sum(), image)
     module, variables = clip
     x = jnp.asarray(nhwc(image))
-    loss_fn = jax.jit(lambda v, im, text: fclip.clip_loss((module, v), im, text))
+    loss_fn = jax.jit(lambda v, im, text: losses.clip_loss((module, v), im, text))
     value_and_grad = jax.jit(jax.value_and_grad(lambda v, im, text: loss_fn(v, im, text).sum(), argnums=1))
     total, grad = value_and_grad(variables, x, ids)
     assert_close(total, want.sum().detach().numpy())
     assert_close(grad, nhwc(want_grad))
-    features = fclip.encode_text(clip, PROMPTS)[:batch, None]  # (B, 1, E), as upstream's datasets store them
+    features = encode_text(clip, PROMPTS)[:batch, None]  # (B, 1, E), as upstream's datasets store them
     assert_close(loss_fn(variables, x, features), want.detach().numpy())
 
 
@@ -169,7 +172,7 @@ def test_embedding_loss_and_gradient_match_torch(torch_model, converted):
     want = tref.embedding_loss(torch_model, x, x_hat)
     (want_grad,) = torch.autograd.grad(want, x_hat)
     module, variables = clip
-    fn = jax.jit(jax.value_and_grad(lambda v, a, b: fclip.embedding_loss((module, v), a, b), argnums=2))
+    fn = jax.jit(jax.value_and_grad(lambda v, a, b: losses.embedding_loss((module, v), a, b), argnums=2))
     got, grad = fn(variables, jnp.asarray(nhwc(x)), jnp.asarray(nhwc(x_hat)))
     assert_close(got, want.detach().numpy())
     assert_close(grad, nhwc(want_grad))
@@ -183,13 +186,13 @@ def test_normalize_option_applies_clip_mean_std():
 
 def test_prompt_embeddings_cached_on_disk(converted, tmp_path, monkeypatch):
     d, clip = converted
-    table = fclip.prompt_embeddings(str(d / "out"), PROMPTS, cache_dir=str(tmp_path), clip=clip)
-    np.testing.assert_array_equal(table, fclip.encode_text(clip, PROMPTS))
+    table = prompt_embeddings(str(d / "out"), PROMPTS, cache_dir=str(tmp_path), clip=clip)
+    np.testing.assert_array_equal(table, encode_text(clip, PROMPTS))
     assert len(list(tmp_path.glob("clip_text_*.npz"))) == 1
-    monkeypatch.setattr(fclip, "encode_text", lambda *a, **k: pytest.fail("recomputed a cached table"))
-    np.testing.assert_array_equal(fclip.prompt_embeddings(str(d / "out"), PROMPTS, cache_dir=str(tmp_path)), table)
+    monkeypatch.setattr(embeddings, "encode_text", lambda *a, **k: pytest.fail("recomputed a cached table"))
+    np.testing.assert_array_equal(prompt_embeddings(str(d / "out"), PROMPTS, cache_dir=str(tmp_path)), table)
     monkeypatch.undo()
-    other = fclip.prompt_embeddings(str(d / "out"), PROMPTS[:3], cache_dir=str(tmp_path), clip=clip)
+    other = prompt_embeddings(str(d / "out"), PROMPTS[:3], cache_dir=str(tmp_path), clip=clip)
     assert other.shape == (3, 64) and len(list(tmp_path.glob("clip_text_*.npz"))) == 2
     assert not list(tmp_path.glob(".clip_text_*"))
 
@@ -232,16 +235,16 @@ def test_bad_text_and_images_are_one_line_errors(converted):
     for text, match in [(jnp.zeros((2, 512)), r"\(B, 64\)"), (jnp.zeros((3, 64)), "3 prompts for 2 images"),
                         (np.zeros((2, 10), np.int32), r"\(B, 77\)")]:
         with pytest.raises(InputError, match=match) as e:
-            fclip.clip_loss(clip, images, text)
+            losses.clip_loss(clip, images, text)
         assert "\n" not in str(e.value)
     with pytest.raises(InputError, match="multiple of 32"):
-        fclip.clip_loss(clip, jnp.zeros((2, 100, 100, 3)), jnp.zeros((2, 64)))
+        losses.clip_loss(clip, jnp.zeros((2, 100, 100, 3)), jnp.zeros((2, 64)))
     with pytest.raises(InputError, match="NHWC"):
-        fclip.embedding_loss(clip, jnp.zeros((2, 3, 64, 64)), jnp.zeros((2, 3, 64, 64)))
+        losses.embedding_loss(clip, jnp.zeros((2, 3, 64, 64)), jnp.zeros((2, 3, 64, 64)))
     with pytest.raises(InputError, match="empty"):
-        fclip.encode_text(clip, ["Bald", " "])
+        encode_text(clip, ["Bald", " "])
     with pytest.raises(InputError, match="no prompts"):
-        fclip.prompt_embeddings("unused", [])
+        prompt_embeddings("unused", [])
 
 
 # ---------------------------------------------------------------------------------------------------------------

@@ -10,12 +10,12 @@ import numpy as np
 import pytest
 from jax.sharding import Mesh, NamedSharding, PartitionSpec
 
-from ffclip_jax import pretrained
+from ffclip_jax.weights import pretrained
 from ffclip_jax.data import TrainBatches, eval_batches, open_split, synthetic_latents
 from ffclip_jax.data.__main__ import main as data_main
 from ffclip_jax.errors import FFCLIPError, run_cli
-from ffclip_jax.prompts import load_prompts
-from ffclip_jax.stylegan2 import Generator
+from ffclip_jax.text.prompts import load_prompts
+from ffclip_jax.models.stylegan2 import Generator
 from parity import ROOT
 
 N_TRAIN, N_TEST, N_LATENT, DIM = 37, 7, 6, 16  # custom domain: any (n_latent, style_dim)

@@ -13,12 +13,14 @@ import torch
 import torch.nn.functional as F
 
 from convert_weights.__main__ import main as convert_main
-from convert_weights.e4e import encoder_config, latent_avg_for, latent_avg_from
-from ffclip_jax import pretrained
-from ffclip_jax.e4e import Encoder4Editing, GradualStyleBlock, GradualStyleEncoder
+from convert_weights.common import read_latent_avg
+from convert_weights.e4e import encoder_config, latent_avg_for
+from ffclip_jax.weights import pretrained
+from ffclip_jax.models.e4e import Encoder4Editing, GradualStyleBlock, GradualStyleEncoder
 from ffclip_jax.errors import FFCLIPError, run_cli
-from ffclip_jax.image_ops import resize_bilinear_align_corners
-from ffclip_jax.irse import Bottleneck, PReLU, unit_specs
+from ffclip_jax.nn.image_ops import resize_bilinear_align_corners
+from ffclip_jax.models.irse import IRBottleneck, unit_specs
+from ffclip_jax.nn.layers import PReLU
 from torch_ref import irse as ref
 from torch_ref.stylegan2 import Generator as TorchGenerator, randomize_ as randomize_generator_
 from parity import ROOT, assert_close, nhwc
@@ -70,7 +72,7 @@ def test_config_and_codes(small):
     d, x, refs, _ = small
     module, variables = pretrained.load(str(d / "out"))
     assert isinstance(module, Encoder4Editing)
-    assert (module.stylegan_size, module.style_dim, module.input_size, module.n_styles) == (32, 64, (48, 64), 8)
+    assert (module.stylegan_size, module.style_dim, module.input_size, module.n_latent) == (32, 64, (48, 64), 8)
     assert (module.num_layers, module.mode) == (50, "ir_se")
     cfg = {k: getattr(module, k) for k in ("num_layers", "mode", "stylegan_size", "style_dim", "input_size")}
     stage4 = module.clone(progressive_stage=4)
@@ -98,10 +100,10 @@ def test_generator_written_beside(small):
     np.testing.assert_allclose(gv["buffers"]["latent_avg"], ev["buffers"]["latent_avg"][0])
 
 
-def fake_e4e_state_dict(n_styles=8, style_dim=64):
+def fake_e4e_state_dict(n_latent=8, style_dim=64):
     """Only the keys the converter reads before converting (24 IR-SE body units, n style blocks, a decoder key)."""
     sd = {f"encoder.body.{i}.res_layer.5.fc1.weight": torch.zeros(1, 1, 1, 1) for i in range(24)}
-    sd.update({f"encoder.styles.{i}.linear.weight": torch.zeros(style_dim, style_dim) for i in range(n_styles)})
+    sd.update({f"encoder.styles.{i}.linear.weight": torch.zeros(style_dim, style_dim) for i in range(n_latent)})
     sd["decoder.style.1.weight"] = torch.zeros(style_dim, style_dim)
     return sd
 
@@ -117,7 +119,7 @@ def test_missing_latent_avg(small, tmp_path):
                       "--latent-avg-from", str(d / "out")])
     assert not (tmp_path / "o").exists()
     _, gv = pretrained.load(str(d / "out" / "generator"))
-    np.testing.assert_array_equal(latent_avg_from(str(d / "out" / "generator"), "f"), gv["buffers"]["latent_avg"])
+    np.testing.assert_array_equal(read_latent_avg(str(d / "out" / "generator")), gv["buffers"]["latent_avg"])
 
 
 def test_wrong_checkpoint_kind(tmp_path, capsys):
@@ -134,16 +136,16 @@ def test_wrong_checkpoint_kind(tmp_path, capsys):
         convert_main(["e4e", "--input", str(tmp_path / "bad.pt"), "--output", str(tmp_path / "o")])
 
 
-@pytest.mark.parametrize("n_styles,dataset,size,input_size", [(18, "ffhq_encode", 1024, [256, 256]),
+@pytest.mark.parametrize("n_latent,dataset,size,input_size", [(18, "ffhq_encode", 1024, [256, 256]),
                                                               (16, "cars_encode", 512, [192, 256]),
                                                               (14, "church_encode", 256, [256, 256])])
-def test_config_inference(n_styles, dataset, size, input_size):
-    enc = {k[len("encoder."):]: v.numpy() for k, v in fake_e4e_state_dict(n_styles, 512).items()
+def test_config_inference(n_latent, dataset, size, input_size):
+    enc = {k[len("encoder."):]: v.numpy() for k, v in fake_e4e_state_dict(n_latent, 512).items()
            if k.startswith("encoder.")}
     cfg = encoder_config(enc, {"dataset_type": dataset}, "f")
     assert cfg == dict(num_layers=50, mode="ir_se", stylegan_size=size, style_dim=512, input_size=input_size,
                        start_from_latent_avg=True)
-    with pytest.raises(FFCLIPError, match=f"opts.stylegan_size is 64 but the encoder has {n_styles} style blocks"):
+    with pytest.raises(FFCLIPError, match=f"opts.stylegan_size is 64 but the encoder has {n_latent} style blocks"):
         encoder_config(enc, {"stylegan_size": 64}, "f")
 
 
@@ -183,18 +185,18 @@ def test_bottleneck_and_strided_shortcut(in_ch, depth, stride, mode, hw):
     torch.manual_seed(1)
     x = torch.randn(2, in_ch, *hw)
     unit = ref.randomize_(ref.Bottleneck(in_ch, depth, stride, se=mode == "ir_se"), calibration=x)
-    module = Bottleneck(in_ch, depth, stride, mode)
+    module = IRBottleneck(in_ch, depth, stride, mode)
     expected = jax.eval_shape(lambda: module.init(jax.random.PRNGKey(0), jnp.zeros((1, *hw, in_ch))))
-    from convert_weights.e4e import BACKBONE_IGNORE, BACKBONE_RULES
-    from convert_weights.mapping import convert
+    from convert_weights.irse import BACKBONE_IGNORE, BACKBONE_RULES
+    from convert_weights.mapping import apply_rules
     sd = {k: v.numpy() for k, v in unit.state_dict().items()}
-    variables = convert(sd, BACKBONE_RULES, expected, ignore=BACKBONE_IGNORE)
+    variables = apply_rules(sd, BACKBONE_RULES, expected, ignore=BACKBONE_IGNORE)
     with torch.no_grad():
         want = unit(x)
         want_short = unit.shortcut_layer(x)
     assert_close(module.apply(variables, jnp.asarray(nhwc(x))), nhwc(want), 1e-5, 1e-6)
     if in_ch == depth:  # MaxPool2d(1, stride) is a strided subsample
-        from ffclip_jax.irse import strided_subsample
+        from ffclip_jax.models.irse import strided_subsample
         np.testing.assert_array_equal(strided_subsample(jnp.asarray(nhwc(x)), stride), nhwc(want_short))
 
 
@@ -225,6 +227,6 @@ def test_full_ffhq_encoder(tmp_path):
     convert_main(["e4e", "--input", str(tmp_path / "e4e_ffhq_encode.pt"), "--output", str(tmp_path / "out")])
     os.remove(tmp_path / "e4e_ffhq_encode.pt")
     module, variables = pretrained.load(str(tmp_path / "out"))
-    assert module.input_size == (256, 256) and module.n_styles == 18
+    assert module.input_size == (256, 256) and module.n_latent == 18
     got = jax.jit(module.apply)(variables, jnp.asarray(nhwc(x)))
     assert_close(got, want, 1e-4, 1e-5)

@@ -16,12 +16,12 @@ from PIL import Image
 
 from convert_weights.__main__ import main as convert_main
 from ffclip_jax import edit as edit_lib
-from ffclip_jax import pretrained
-from ffclip_jax.clip import tiny_config
+from ffclip_jax.weights import pretrained
+from ffclip_jax.models.clip import tiny_config
 from ffclip_jax.edit import Editor
 from ffclip_jax.errors import FFCLIPError, run_cli
-from ffclip_jax.tokenizer import tokenize
-from ffclip_jax.weights import resolve
+from ffclip_jax.text.tokenizer import tokenize
+from ffclip_jax.weights.manifest import resolve
 from torch_ref import clip as tclip
 from torch_ref import irse, moco as tmoco, parsenet as tparsenet
 from torch_ref.mapper import DynamicMapper as TorchMapper, randomize_layer_norms_, release_checkpoint

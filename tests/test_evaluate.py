@@ -2,6 +2,7 @@
 weights. Metrics are checked on known pairs with stand-in networks whose outputs are computable by hand; the CLI
 runs on a tiny weights directory (32px generator, tiny CLIP, UNet, MoCo; an L2-normalised channel-mean stand-in for
 ArcFace, whose IR-SE50 is too slow to compile in the default suite; the real one runs in the slow test)."""
+import dataclasses
 import json
 import math
 import os
@@ -14,7 +15,9 @@ import jax.numpy as jnp
 import numpy as np
 import pytest
 
-from ffclip_jax import metrics, pretrained, report
+from ffclip_jax import metrics
+from ffclip_jax.weights import pretrained, registry
+from ffclip_jax import report
 from ffclip_jax.errors import FFCLIPError
 from parity import ROOT, load_script
 
@@ -200,25 +203,21 @@ def _save(directory, model, module, config, seed, *example):
 
 
 def _save_clip(directory, seed):
-    from ffclip_jax import clip
+    from ffclip_jax.models import clip
 
     config = clip.tiny_config()
     variables = random_variables(clip.build(config), seed, jnp.zeros((1, 224, 224, 3)), jnp.zeros((1, 77), jnp.int32))
-    with pretrained.atomic_output_dir(str(directory)) as tmp:
-        clip.save_hf(tmp, config, variables)
-        with open(os.path.join(tmp, pretrained.META_FILE), "w") as f:
-            json.dump({"format": pretrained.FORMAT, "format_version": pretrained.FORMAT_VERSION, "model": "clip",
-                       "config": config}, f)
+    pretrained.save_clip(str(directory), config, variables)
 
 
 @pytest.fixture(scope="module")
 def tiny_weights(tmp_path_factory):
     """A weights directory (manifest.json) with every network, plus matching and mismatched latents."""
     from ffclip_jax import tiny
-    from ffclip_jax.mapper import DynamicMapper
-    from ffclip_jax.moco import ResNet50
-    from ffclip_jax.parsenet import UNet
-    from ffclip_jax.stylegan2 import Generator
+    from ffclip_jax.models.mapper import DynamicMapper
+    from ffclip_jax.models.moco import ResNet50
+    from ffclip_jax.models.parsenet import UNet
+    from ffclip_jax.models.stylegan2 import Generator
 
     root = tmp_path_factory.mktemp("eval")
     gen = Generator(**tiny.GENERATOR)
@@ -249,7 +248,8 @@ def tiny_weights(tmp_path_factory):
 
 @pytest.fixture
 def stub_arcface(monkeypatch):
-    monkeypatch.setitem(pretrained.MODELS, "arcface", f"{__name__}:ChannelMean")
+    monkeypatch.setitem(registry.MODELS, "arcface",
+                        dataclasses.replace(registry.MODELS["arcface"], target=f"{__name__}:ChannelMean"))
 
 
 def _run(root, out, *extra):
@@ -341,7 +341,7 @@ def test_cli_empty_prompt_file_subprocess(tiny_weights, tmp_path):
 
 @pytest.mark.slow
 def test_real_arcface_identity_of_identical_and_different_images():
-    from ffclip_jax.arcface import Backbone
+    from ffclip_jax.models.arcface import Backbone
 
     module = Backbone(112, 50, "ir_se")
     arcface = module, random_variables(module, 0, jnp.zeros((1, 112, 112, 3)))

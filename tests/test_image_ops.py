@@ -5,7 +5,7 @@ import pytest
 import torch
 import torch.nn.functional as F
 
-from ffclip_jax import image_ops
+from ffclip_jax.nn import image_ops
 
 IN_SIZES = (7, 16, 33, 64, 100)
 OUT_SIZES = (1, 5, 16, 24, 50, 112, 224)

@@ -8,11 +8,11 @@ import numpy as np
 import pytest
 from PIL import Image
 
-from ffclip_jax import pretrained
-from ffclip_jax.e4e import Encoder4Editing
+from ffclip_jax.weights import pretrained
+from ffclip_jax.models.e4e import Encoder4Editing
 from ffclip_jax.errors import FFCLIPError, run_cli
 from ffclip_jax.invert import invert_arrays, load_encoder, main, preprocess
-from ffclip_jax.stylegan2 import Generator
+from ffclip_jax.models.stylegan2 import Generator
 
 SIZE = 32  # encoder input 32x32 (c3 is 2x2); stylegan_size 32 (8 styles); style_dim 16
 

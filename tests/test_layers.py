@@ -11,9 +11,9 @@ import numpy as np
 import pytest
 import torch
 
-from ffclip_jax import layers
+from ffclip_jax.nn import layers
 from ffclip_jax.errors import CheckpointError
-from ffclip_jax.torch_io import load_checkpoint
+from ffclip_jax.weights.torch_io import load_checkpoint
 from torch_ref import stylegan2 as ref
 from parity import nchw, nhwc
 
@@ -69,7 +69,7 @@ def test_modulated_conv_forms_match_reference(upsample, demodulate, k):
                     "modulation": {"weight": conv.modulation.weight.grad.numpy().T,
                                    "bias": conv.modulation.bias.grad.numpy()}}, nhwc(xt.grad), st.grad.numpy())
     for form in layers.MODCONV_FORMS:
-        m = layers.ModulatedConv2d(5, k, demodulate=demodulate, upsample=upsample, form=form)
+        m = layers.ModulatedConv2d(5, k, demodulate=demodulate, upsample=upsample, modconv=form)
         ours = m.apply({"params": params}, jnp.asarray(x), jnp.asarray(s))
         np.testing.assert_allclose(ours, nhwc(theirs.detach()), atol=2e-5, rtol=1e-4, err_msg=form)
         r_nhwc = r.transpose(0, 2, 3, 1)
@@ -86,7 +86,7 @@ def test_downsampling_modulated_conv_forms_agree():
     m = layers.ModulatedConv2d(3, 3, downsample=True)
     variables = m.init(jax.random.PRNGKey(0), x, s)
     a = m.apply(variables, x, s)
-    b = m.clone(form="grouped").apply(variables, x, s)
+    b = m.clone(modconv="grouped").apply(variables, x, s)
     assert a.shape == (2, 4, 4, 3)
     np.testing.assert_allclose(a, b, atol=1e-5)
 

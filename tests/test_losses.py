@@ -4,6 +4,7 @@ gradients w.r.t. the edited image; the L1 losses; bad input."""
 import copy
 import os
 
+import chex
 import jax
 import numpy as np
 import pytest
@@ -11,7 +12,8 @@ import torch
 import torch.nn.functional as F
 
 from convert_weights.__main__ import main as convert_main
-from ffclip_jax import losses, pretrained
+from ffclip_jax import losses
+from ffclip_jax.weights import pretrained
 from ffclip_jax.errors import InputError
 from test_moco import SMALL as SMALL_MOCO, converted_moco
 from test_parsenet import converted_parsenet
@@ -217,3 +219,24 @@ def test_losses_full_size(tmp_path):
     check_loss("background_loss", torch_background_loss, losses.background_loss, *nets["parsenet"], x, x_hat,
                edited_first=False)
     check_loss("moco_loss", torch_moco_loss, losses.moco_loss, *nets["moco"], x, x_hat)
+
+
+class LossesJitAndEagerTest(chex.TestCase):
+    """The losses give the same values and gradients jitted and run eagerly (chex variants)."""
+
+    @chex.variants(with_jit=True, without_jit=True)
+    def test_l1_losses_and_clip_resize(self):
+        rng = np.random.RandomState(5)
+        x, x_hat = rng.uniform(-1, 1, (2, 2, 64, 64, 3)).astype(np.float32)
+        w, w_hat = rng.standard_normal((2, 2, 4, 8)).astype(np.float32)
+
+        @self.variant
+        def terms(x_hat, w_hat):
+            return losses.image_l1(x, x_hat), losses.latent_l1(w, w_hat), losses.upsample_pool_to_clip(x_hat)
+
+        l_img, l_lat, resized = terms(x_hat, w_hat)
+        np.testing.assert_allclose(l_img, np.abs(x - x_hat).mean(), rtol=1e-6)
+        np.testing.assert_allclose(l_lat, np.abs(w - w_hat).mean(), rtol=1e-6)
+        chex.assert_shape(resized, (2, 224, 224, 3))
+        grads = self.variant(jax.grad(lambda a: losses.image_l1(x, a)))(x_hat)
+        chex.assert_trees_all_close(grads, -np.sign(x - x_hat) / x.size, rtol=1e-6)

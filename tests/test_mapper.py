@@ -13,9 +13,9 @@ import torch
 
 from convert_weights.__main__ import main as convert_main
 from convert_weights.ffclip import convert_mapper
-from ffclip_jax import pretrained
+from ffclip_jax.weights import pretrained
 from ffclip_jax.errors import CheckpointError, ConversionError, InputError
-from ffclip_jax.mapper import DynamicMapper
+from ffclip_jax.models.mapper import DynamicMapper
 from torch_ref import mapper as torch_mapper
 from torch_ref import stylegan2 as torch_stylegan2
 

@@ -9,7 +9,7 @@ import pytest
 import torch
 
 from convert_weights.__main__ import main as convert_main
-from ffclip_jax import pretrained
+from ffclip_jax.weights import pretrained
 from ffclip_jax.errors import ConversionError, run_cli
 from test_parsenet import ROOT, assert_close
 from torch_ref import moco as torch_moco

@@ -12,7 +12,7 @@ import pytest
 import torch
 
 from convert_weights.__main__ import main as convert_main
-from ffclip_jax import pretrained
+from ffclip_jax.weights import pretrained
 from ffclip_jax.errors import FFCLIPError
 from torch_ref.stylegan2 import Generator as TorchGenerator, randomize_
 from parity import ROOT, assert_close, nhwc

@@ -6,7 +6,7 @@ import numpy as np
 import pytest
 
 from ffclip_jax.errors import InputError
-from ffclip_jax.tokenizer import CONTEXT_LENGTH, Tokenizer, default_tokenizer, tokenize
+from ffclip_jax.text.tokenizer import CONTEXT_LENGTH, Tokenizer, default_tokenizer, tokenize
 
 GOLDEN = os.path.join(os.path.dirname(__file__), "golden", "clip_tokenizer_ids.json")
 
@@ -52,7 +52,7 @@ def test_empty_prompt_is_one_line_error(prompts):
 
 def test_explicit_vocab_file_is_used(tmp_path):
     import gzip
-    from ffclip_jax.tokenizer import VOCAB_FILE
+    from ffclip_jax.text.tokenizer import VOCAB_FILE
     copy = tmp_path / "vocab.txt.gz"
     copy.write_bytes(open(VOCAB_FILE, "rb").read())
     assert gzip.open(copy).readline().startswith(b"\"bpe_simple_vocab_16e6.txt")

@@ -1,4 +1,4 @@
-"""train.py and ffclip_jax.train_lib: config errors, sharded step == single-device step, the real trainer on the tiny
+"""train.py and ffclip_jax.train: config errors, sharded step == single-device step, the real trainer on the tiny
 random networks and synthetic latents (loss goes down, preempt + resume == uninterrupted, restore on 1 device)."""
 import dataclasses
 import os
@@ -6,16 +6,23 @@ import signal
 import subprocess
 import sys
 
+import chex
 import jax
 import jax.numpy as jnp
 import numpy as np
 import pytest
 
-from ffclip_jax import train_lib as tl
+from absl import flags
+
+from configs import default as default_config
+from configs import tiny as tiny_configs
+from ffclip_jax import train as tl
 from ffclip_jax.errors import ConfigError
+from ffclip_jax.train.loop import train_and_evaluate
+from ffclip_jax.weights.registry import TRAINING_NETWORKS
 from parity import ROOT, load_script
 
-train = load_script("train.py", "ffclip_train")
+train = load_script("train.py", "ffclip_train")  # defines the --config / --workdir flags
 
 
 @pytest.fixture(scope="module")
@@ -28,10 +35,10 @@ def assets(tmp_path_factory):
 def tiny_config(assets, cache, **overrides):
     """configs/tiny.py on the shared assets; the cheap losses only (ArcFace IR-SE50 has no small variant) and one
     mapper block (every code path of the 4-block default at a third less compile time)."""
-    config, _ = train.parse_args(["--config", os.path.join(ROOT, "configs/tiny.py"), "--workdir", "unused"])
+    config = tiny_configs.get_config()
     with config.unlocked():
         config.tiny = False
-        for name in tl.NETWORK_MODEL:
+        for name in TRAINING_NETWORKS:
             config.weights[name] = assets[name]
         config.data_dir = assets["data_dir"]
         config.prompt_cache_dir = str(cache / "prompts")
@@ -43,8 +50,7 @@ def tiny_config(assets, cache, **overrides):
         config.eval.every_steps = 3
         config.log.every_steps = 3
         config.log.checkpoint_every_steps = 100
-    for key, value in overrides.items():
-        train.apply_override(config, key, str(value))
+    config.update_from_flattened_dict(overrides)
     return config
 
 
@@ -52,23 +58,36 @@ def tiny_config(assets, cache, **overrides):
 # errors before anything is compiled
 
 
-def test_unknown_config_key_is_one_line_error():
-    with pytest.raises(ConfigError, match=r"unknown config key 'train.batchsize'.*batch_size") as e:
-        train.parse_args(["--config", os.path.join(ROOT, "configs/tiny.py"), "--workdir", "w",
-                          "--config.train.batchsize=4"])
-    assert "\n" not in str(e.value)
-    with pytest.raises(ConfigError, match="expected a int"):
-        train.parse_args(["--config", os.path.join(ROOT, "configs/tiny.py"), "--workdir", "w",
-                          "--config.train.batch_size=many"])
+def parse(capsys, *overrides, config="configs/tiny.py"):
+    """train.py's flag parsing in-process: (config, workdir), or (None, the stderr lines) when it exits."""
+    argv = ["train.py", "--config", os.path.join(ROOT, config), "--workdir", "w", *overrides]
+    try:
+        train.parse_flags(argv)
+        return flags.FLAGS.config, flags.FLAGS.workdir
+    except SystemExit as e:
+        assert e.code == 2
+        return None, capsys.readouterr().err.strip().splitlines()
+    finally:
+        flags.FLAGS.unparse_flags()
 
 
-def test_overrides_typed():
-    config, workdir = train.parse_args(["--config", os.path.join(ROOT, "configs/ffhq.py"), "--workdir", "w",
-                                        "--config.train.batch_size=64", "--config.model.remat", "true",
-                                        "--config.eval.grid_prompts=Bald,Sad", "--config.loss.id=0.5"])
-    assert (config.train.batch_size, config.model.remat, config.eval.grid_prompts, config.loss.id) == \
+def test_unknown_config_key_is_one_line_error(capsys):
+    _, err = parse(capsys, "--config.train.batchsize=4")
+    assert len(err) == 1 and err[0].startswith("error: --config.train.batchsize: unknown config key 'batchsize'")
+    assert "batch_size" in err[0]
+    _, err = parse(capsys, "--config.train.batch_size=many")
+    assert len(err) == 1 and err[0].startswith("error: --config.train.batch_size=many:") and "many" in err[0]
+    _, err = parse(capsys, config="configs/nope.py")
+    assert len(err) == 1 and "nope.py" in err[0]
+
+
+def test_overrides_typed(capsys):
+    config, workdir = parse(capsys, "--config.train.batch_size=64", "--config.model.remat=true",
+                            "--config.eval.grid_prompts=('Bald','Sad')", "--config.loss.id=0.5", config="configs/ffhq.py")
+    assert (config.train.batch_size, config.model.remat, tuple(config.eval.grid_prompts), config.loss.id) == \
         (64, True, ("Bald", "Sad"), 0.5)
     assert config.train.learning_rate == 5e-4 and config.train.lr_milestones == (0.5, 0.75, 0.9, 0.95)
+    assert workdir == "w"
 
 
 def test_missing_weights_reported_before_compiling(tmp_path):
@@ -79,7 +98,7 @@ def test_missing_weights_reported_before_compiling(tmp_path):
     out = subprocess.run(cmd, capture_output=True, text=True, cwd=ROOT, timeout=120)
     assert out.returncode == 2, out.stderr
     lines = out.stderr.strip().splitlines()
-    assert len(lines) == 1 and lines[0].startswith("error: config.weights.generator=") and "nope" in lines[0]
+    assert len(lines) == 1 and lines[0].startswith("error: config.weights.generator=") and "nope" in lines[0], lines
     assert not workdir.exists()
 
 
@@ -102,13 +121,13 @@ def test_empty_and_wrong_weights(assets, tmp_path):
 @pytest.fixture(scope="module")
 def step_inputs(assets, tmp_path_factory):
     """(config, networks, frozen variables with the prompt table, fresh mapper params, a host batch of 16)."""
-    from ffclip_jax import clip as clip_lib
-    from ffclip_jax.prompts import load_prompts
+    from ffclip_jax.text.embeddings import prompt_embeddings
+    from ffclip_jax.text.prompts import load_prompts
 
     config = tiny_config(assets, tmp_path_factory.mktemp("step"), **{"loss.background": 0.0})  # gen + CLIP + latent
     nets, frozen = tl.load_networks(config)
-    frozen["prompts"] = clip_lib.prompt_embeddings(config.weights.clip, load_prompts(config.prompts),
-                                                   config.prompt_cache_dir, clip=(nets.clip, frozen["clip"]))
+    frozen["prompts"] = prompt_embeddings(config.weights.clip, load_prompts(config.prompts),
+                                          config.prompt_cache_dir, clip=(nets.clip, frozen["clip"]))
     rng = np.random.RandomState(0)
     batch = {"w": rng.randn(16, nets.mapper.n_latent, nets.mapper.style_dim).astype(np.float32) * 0.5,
              "prompt": rng.randint(0, len(frozen["prompts"]), 16).astype(np.int32)}
@@ -154,8 +173,7 @@ def test_sharded_accumulated_step_equals_single_device(step_inputs, float64_step
     p1, m1 = float64_step
     for k in m1:
         np.testing.assert_allclose(m8[k], m1[k], rtol=1e-6, atol=1e-6, err_msg=k)
-    diff = max(float(np.max(np.abs(a - b))) for a, b in zip(jax.tree.leaves(p1), jax.tree.leaves(p8)))
-    assert diff <= 1e-6, diff
+    chex.assert_trees_all_close(p8, p1, rtol=0, atol=1e-6)
     assert m1["grad_norm"] > 0 and m1["lr"] == pytest.approx(1e-3)
 
 
@@ -165,7 +183,7 @@ def test_bfloat16_compute(step_inputs, float64_step):
     _, m64 = float64_step
     opts = dataclasses.replace(tl.step_options(step_inputs[0]), compute_dtype="bfloat16")
     params, metrics = _one_step(step_inputs, opts, jax.devices()[:1])
-    assert all(a.dtype == np.float32 for a in jax.tree.leaves(params))
+    chex.assert_trees_all_equal_dtypes(params, step_inputs[3])
     for k in m64:
         assert np.isfinite(metrics[k]) and np.asarray(metrics[k]).dtype == np.float32, k
         if k.startswith("loss"):
@@ -174,8 +192,27 @@ def test_bfloat16_compute(step_inputs, float64_step):
     assert max(moved) > 0
 
 
+class EvalLossesJitAndEagerTest(chex.TestCase):
+    """The per-example evaluation losses of the step are the same jitted and run eagerly (chex variants)."""
+
+    @pytest.fixture(autouse=True)
+    def _inputs(self, step_inputs):
+        self.inputs = step_inputs
+
+    @chex.variants(with_jit=True, without_jit=True)
+    def test_eval_losses(self):
+        config, nets, frozen, params, batch = self.inputs
+        opts = tl.step_options(config)
+        two = jax.tree.map(lambda v: v[:2], batch)
+        out = self.variant(lambda p, f, b: tl.eval_losses(p, f, b, nets=nets, opts=opts))(params, frozen, two)
+        chex.assert_tree_shape_prefix(out, (2,))
+        chex.assert_tree_all_finite(out)
+        want = jax.jit(lambda p, f, b: tl.eval_losses(p, f, b, nets=nets, opts=opts))(params, frozen, two)
+        chex.assert_trees_all_close(out, want, rtol=1e-5, atol=1e-6)
+
+
 def test_lr_schedule_multistep():
-    config = tl.base_config()
+    config = default_config.get_config()
     _, schedule = tl.make_optimizer(config, 100)
     assert [float(schedule(s)) for s in (0, 49, 50, 75, 90, 95, 99)] == pytest.approx(
         [5e-4, 5e-4, 2.5e-4, 1.25e-4, 6.25e-5, 3.125e-5, 3.125e-5])
@@ -190,14 +227,14 @@ def runs(assets, tmp_path_factory):
     """An uninterrupted 6-step run, and one preempted (SIGTERM) after step 3 then resumed."""
     cache = tmp_path_factory.mktemp("cache")
     base = tmp_path_factory.mktemp("runs")
-    full = train.train_and_evaluate(tiny_config(assets, cache), str(base / "full"))
+    full = train_and_evaluate(tiny_config(assets, cache), str(base / "full"))
 
     def preempt(step):
         if step == 3:
             signal.raise_signal(signal.SIGTERM)
 
-    first = train.train_and_evaluate(tiny_config(assets, cache), str(base / "resumed"), on_step=preempt)
-    second = train.train_and_evaluate(tiny_config(assets, cache), str(base / "resumed"))
+    first = train_and_evaluate(tiny_config(assets, cache), str(base / "resumed"), on_step=preempt)
+    second = train_and_evaluate(tiny_config(assets, cache), str(base / "resumed"))
     return full, first, second
 
 
@@ -215,28 +252,35 @@ def test_preempt_and_resume_equals_uninterrupted(runs):
     assert not second["preempted"] and second["step"] == 6
     _, _, p_full, _ = tl.restore_params(full["workdir"], "latest")
     _, _, p_resumed, _ = tl.restore_params(second["workdir"], "latest")
-    for a, b in zip(jax.tree.leaves(p_full), jax.tree.leaves(p_resumed)):
-        np.testing.assert_allclose(a, b, rtol=0, atol=1e-6)
+    chex.assert_trees_all_close(p_resumed, p_full, rtol=0, atol=1e-6)
 
 
-def test_exported_weights_load(runs):
-    from ffclip_jax import pretrained
+def test_exported_weights_load(runs, assets):
+    """The export holds the mapper of the best checkpoint and a manifest naming every network by a path relative to
+    it (nothing copied), which `resolve` follows."""
+    import json
+
+    from ffclip_jax.weights import pretrained, resolve
 
     full, _, _ = runs
     mapper, variables = pretrained.load(full["weights"])
-    generator, gen_vars = pretrained.load(os.path.join(full["weights"], "generator"))
+    with open(os.path.join(full["weights"], "manifest.json")) as f:
+        paths = json.load(f)["networks"]
+    assert paths["mapper"] == "." and not any(os.path.isabs(p) for p in paths.values())
+    networks = resolve(full["weights"]).networks
+    assert networks["generator"] == os.path.abspath(assets["generator"])
+    assert not os.path.exists(os.path.join(full["weights"], "generator"))
     w = jnp.zeros((1, mapper.n_latent, mapper.style_dim))
     assert mapper.apply(variables, w, jnp.ones((1, mapper.style_dim))).shape == w.shape
     _, _, params, _ = tl.restore_params(full["workdir"], "best")
-    for a, b in zip(jax.tree.leaves(params), jax.tree.leaves(variables["params"])):
-        np.testing.assert_array_equal(a, b)
+    chex.assert_trees_all_equal(params, jax.device_get(variables["params"]))
 
 
 def test_restore_8_devices_onto_1(runs):
     """A checkpoint written on 8 devices restores in a 1-device process to the same parameters."""
     full, _, _ = runs
     _, _, params, _ = tl.restore_params(full["workdir"], "latest")
-    code = ("import jax, numpy as np\nfrom ffclip_jax import train_lib as tl\nassert jax.device_count() == 1\n"
+    code = ("import jax, numpy as np\nfrom ffclip_jax import train as tl\nassert jax.device_count() == 1\n"
             f"_, _, p, step = tl.restore_params({full['workdir']!r}, 'latest')\n"
             "print(step, repr(float(sum(np.abs(a).sum() for a in jax.tree.leaves(p)))))")
     env = dict(os.environ, XLA_FLAGS="--xla_force_host_platform_device_count=1", JAX_PLATFORMS="cpu",
@@ -270,7 +314,7 @@ def test_two_processes_equal_one(runs, assets, tmp_path):
         code = ("import json, pathlib, sys\nimport jax\n"
                 "jax.config.update('jax_default_matmul_precision', 'highest')\nimport test_train as t\n"
                 f"config = t.tiny_config({assets!r}, pathlib.Path({str(tmp_path / 'cache')!r}), **{overrides!r})\n"
-                f"summary = t.train.train_and_evaluate(config, {str(workdir)!r})\n"
+                f"summary = t.train_and_evaluate(config, {str(workdir)!r})\n"
                 "print(json.dumps(summary['val_history']))\n")
         env = dict(os.environ, XLA_FLAGS="--xla_force_host_platform_device_count=4", JAX_PLATFORMS="cpu",
                    PYTHONPATH=os.pathsep.join([ROOT, os.path.join(ROOT, "tests")]))

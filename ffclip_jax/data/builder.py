@@ -22,7 +22,7 @@ import tensorflow_datasets as tfds
 from etils import epath
 from tensorflow_datasets.core.utils import py_utils
 
-from ffclip_jax import pretrained
+from ffclip_jax.weights import pretrained
 from ffclip_jax.data.latents import DOMAINS, STYLE_DIM
 from ffclip_jax.errors import ConfigError, InputError
 

@@ -94,7 +94,7 @@ def load_latents(path: str, expected: Expected) -> np.ndarray:
 
 def load_generator(generator_dir: str):
     """(module, variables) of a converted StyleGAN2 directory; a one-line error for any other model."""
-    from ffclip_jax import pretrained
+    from ffclip_jax.weights import pretrained
 
     meta = pretrained.read_meta(generator_dir)
     if meta["model"] != "stylegan2":

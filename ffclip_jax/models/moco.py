@@ -8,10 +8,10 @@ from typing import Sequence
 import flax.linen as nn
 import jax.numpy as jnp
 
-from ffclip_jax.layers import BatchNorm2d, Conv2d, max_pool
+from ffclip_jax.nn.layers import BatchNorm2d, Conv2d, max_pool
 
 
-class Bottleneck(nn.Module):
+class ResNetBottleneck(nn.Module):
     """torchvision `Bottleneck` (expansion 4): 1x1 -> 3x3 (stride) -> 1x1, each with BN; ReLU after the residual sum.
     `downsample` (1x1 conv with stride, BN) on the shortcut when the shape changes."""
     width: int
@@ -50,7 +50,7 @@ class ResNet50(nn.Module):
             width = self.width * 2 ** i
             for j in range(n_blocks):
                 stride = 2 if (i > 0 and j == 0) else 1
-                x = Bottleneck(width, stride, downsample=(j == 0 and (stride != 1 or in_ch != width * 4)),
+                x = ResNetBottleneck(width, stride, downsample=(j == 0 and (stride != 1 or in_ch != width * 4)),
                                name=f"layer{i + 1}_{j}")(x)
                 in_ch = width * 4
         return jnp.mean(x, axis=(1, 2))

@@ -15,6 +15,15 @@ import functools
 import jax.numpy as jnp
 import numpy as np
 
+from ffclip_jax.errors import InputError
+
+
+def check_images(name: str, x) -> None:
+    """NHWC RGB (B, H, W, 3), else a one-line InputError naming `name`."""
+    if getattr(x, "ndim", None) != 4 or x.shape[-1] != 3:
+        raise InputError(f"{name}: expected NHWC RGB images of shape (B, H, W, 3), got shape "
+                         f"{tuple(getattr(x, 'shape', ()))}")
+
 
 @functools.lru_cache(maxsize=None)
 def adaptive_avg_pool_matrix(n_in: int, n_out: int) -> np.ndarray:

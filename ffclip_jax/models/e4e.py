@@ -1,8 +1,8 @@
 """e4e's `Encoder4Editing` and pSp's `GradualStyleEncoder` (omertov/encoder4editing `models/encoders/psp_encoders.py`)
-in Flax, NHWC: photo in [-1, 1] -> w+ codes (B, n_styles, style_dim), latent_avg added as pSp does.
+in Flax, NHWC: photo in [-1, 1] -> w+ codes (B, n_latent, style_dim), latent_avg added as pSp does.
 
 Variables: `params` (named as the upstream `encoder.*` keys without the prefix), `batch_stats` (BatchNorm running
-stats) and `buffers` (`latent_avg` (n_styles, style_dim)).
+stats) and `buffers` (`latent_avg` (n_latent, style_dim)).
 """
 from __future__ import annotations
 
@@ -13,9 +13,10 @@ import flax.linen as nn
 import jax.numpy as jnp
 
 from ffclip_jax.errors import ConfigError, InputError
-from ffclip_jax.image_ops import resize_bilinear_align_corners
-from ffclip_jax.irse import irse_backbone
-from ffclip_jax.layers import Conv2d, EqualLinear
+from ffclip_jax.nn.image_ops import resize_bilinear_align_corners
+from ffclip_jax.models.irse import irse_backbone
+from ffclip_jax.models.stylegan2 import n_latent as latents_of_size
+from ffclip_jax.nn.layers import Conv2d, EqualLinear, leaky_relu
 
 COARSE_IND, MIDDLE_IND = 3, 7  # styles [0, 3) read c3, [3, 7) the FPN's p2, [7, n) p1
 TAPS = (6, 20, 23)  # body units whose outputs are c1 (128 ch), c2 (256 ch), c3 (512 ch)
@@ -37,7 +38,7 @@ class GradualStyleBlock(nn.Module):
     def __call__(self, x):
         for j in range(int(math.log2(self.spatial))):
             x = Conv2d(self.width, 3, 2, 1, name=f"convs_{2 * j}")(x)
-            x = jnp.where(x >= 0, x, 0.01 * x)
+            x = leaky_relu(x, 0.01)
         if x.shape[1:3] != (1, 1):
             raise InputError(f"GradualStyleBlock(spatial={self.spatial}): features end at {x.shape[1]}x{x.shape[2]} "
                              f"instead of 1x1; the encoder input is too large for this block")
@@ -50,8 +51,8 @@ def upsample_add(x, y):
 
 
 class _StyleEncoder(nn.Module):
-    """IR-SE backbone with taps c1, c2, c3, the FPN (latlayer1/2) and n_styles GradualStyleBlocks; subclasses say how
-    the styles combine. Config: num_layers (50/100/152), mode ('ir'/'ir_se'), stylegan_size (n_styles =
+    """IR-SE backbone with taps c1, c2, c3, the FPN (latlayer1/2) and n_latent GradualStyleBlocks; subclasses say how
+    the styles combine. Config: num_layers (50/100/152), mode ('ir'/'ir_se'), stylegan_size (n_latent =
     2 log2(size) - 2), style_dim (512 upstream; smaller only for tests), input_size (H, W) the photos are resized to
     (256x256; cars 192x256; any size whose features reach the style blocks' 1x1 works), start_from_latent_avg."""
     num_layers: int = 50
@@ -62,8 +63,8 @@ class _StyleEncoder(nn.Module):
     start_from_latent_avg: bool = True
 
     @property
-    def n_styles(self) -> int:
-        return 2 * int(math.log2(self.stylegan_size)) - 2
+    def n_latent(self) -> int:
+        return latents_of_size(self.stylegan_size)
 
     def _check(self, x):
         if 2 ** int(math.log2(self.stylegan_size)) != self.stylegan_size or self.stylegan_size < 8:
@@ -87,21 +88,21 @@ class _StyleEncoder(nn.Module):
         return GradualStyleBlock(self.style_dim, style_spatial(i), name=f"styles_{i}")(pyramid[level])
 
     def _add_latent_avg(self, w):
-        latent_avg = self.variable("buffers", "latent_avg", jnp.zeros, (self.n_styles, self.style_dim), jnp.float32)
+        latent_avg = self.variable("buffers", "latent_avg", jnp.zeros, (self.n_latent, self.style_dim), jnp.float32)
         return w + latent_avg.value.astype(w.dtype)[None] if self.start_from_latent_avg else w
 
 
 class Encoder4Editing(_StyleEncoder):
     """e4e `Encoder4Editing`: w0 = styles[0](c3) repeated to every style; then, for i = 1 .. progressive_stage,
     w[:, i] += styles[i](c3 | p2 | p1). progressive_stage None = all deltas (upstream ProgressiveStage.Inference).
-    __call__(x (B, H, W, 3) in [-1, 1]) -> codes (B, n_styles, style_dim) (+ latent_avg)."""
+    __call__(x (B, H, W, 3) in [-1, 1]) -> codes (B, n_latent, style_dim) (+ latent_avg)."""
     progressive_stage: Optional[int] = None
 
     @nn.compact
     def __call__(self, x):
         self._check(x)
         pyramid = self._pyramid(x)
-        n = self.n_styles
+        n = self.n_latent
         stage = n - 1 if self.progressive_stage is None else min(int(self.progressive_stage), n - 1)
         w0 = self._style(0, pyramid)
         deltas = [jnp.zeros_like(w0)] + [self._style(i, pyramid) for i in range(1, stage + 1)]
@@ -112,11 +113,11 @@ class Encoder4Editing(_StyleEncoder):
 
 class GradualStyleEncoder(_StyleEncoder):
     """pSp `GradualStyleEncoder`: styles[i] on c3 (i < 3), p2 (3 <= i < 7), p1 (i >= 7), stacked.
-    __call__(x (B, H, W, 3) in [-1, 1]) -> codes (B, n_styles, style_dim) (+ latent_avg)."""
+    __call__(x (B, H, W, 3) in [-1, 1]) -> codes (B, n_latent, style_dim) (+ latent_avg)."""
 
     @nn.compact
     def __call__(self, x):
         self._check(x)
         pyramid = self._pyramid(x)
-        latents = [self._style(i, pyramid) for i in range(self.n_styles)]
+        latents = [self._style(i, pyramid) for i in range(self.n_latent)]
         return self._add_latent_avg(jnp.stack(latents, axis=1))

@@ -1,8 +1,8 @@
-"""Layers shared by every model: equalized-lr linear/conv, fused leaky ReLU, PixelNorm, upfirdn2d, blur,
-modulated convolution and noise injection.
-
-Mirrors rosinality/stylegan2-pytorch `model.py` and `op/upfirdn2d.py`, `op/fused_act.py`, in NHWC with HWIO
-kernels. Parameter names follow the PyTorch attribute names so that the converters stay declarative.
+"""Every generic layer, written once: equalized-lr linear/conv, fused leaky ReLU, PixelNorm, upfirdn2d, blur,
+modulated convolution, noise injection (rosinality/stylegan2-pytorch `model.py`, `op/upfirdn2d.py`,
+`op/fused_act.py`), and the plain torch.nn layers the other networks are made of (Conv2d, BatchNorm2d, Linear,
+LayerNorm, PReLU, max pool), in NHWC with HWIO kernels. Parameter names follow the PyTorch attribute names so that
+the converters stay declarative.
 """
 from __future__ import annotations
 
@@ -31,11 +31,23 @@ def make_kernel(k: Sequence[float]) -> np.ndarray:
     return k / k.sum()
 
 
+def leaky_relu(x, negative_slope):
+    """torch `F.leaky_relu` / `nn.PReLU`: x where x >= 0, else x * negative_slope (a scalar or per-channel array)."""
+    return jnp.where(x >= 0, x, x * negative_slope)
+
+
 def fused_leaky_relu(x, bias=None, negative_slope: float = 0.2, scale: float = SQRT2):
     """`fused_leaky_relu`: leaky_relu(x + bias, 0.2) * sqrt(2); bias broadcasts over the last (channel) axis."""
     if bias is not None:
         x = x + bias.astype(x.dtype)
-    return jnp.where(x >= 0, x, x * negative_slope) * jnp.asarray(scale, x.dtype)
+    return leaky_relu(x, negative_slope) * jnp.asarray(scale, x.dtype)
+
+
+def l2_normalize(x, axis: int = -1, eps: float = 0.0):
+    """x / max(||x||_2, eps) along `axis`: eps 0 is OpenAI CLIP's / InsightFace's plain division, 1e-12 torch's
+    `F.normalize`."""
+    norm = jnp.linalg.norm(x, axis=axis, keepdims=True)
+    return x / (jnp.maximum(norm, eps) if eps else norm)
 
 
 def pixel_norm(x, axis: int = -1, eps: float = 1e-8):
@@ -208,25 +220,6 @@ def conv_transpose2d_stride2(x, kernel, groups: int = 1):
         lhs_dilation=(2, 2), dimension_numbers=("NHWC", "HWIO", "NHWC"), feature_group_count=groups)
 
 
-class EqualConv2d(nn.Module):
-    """`EqualConv2d`: conv with weight * 1/sqrt(in * k^2), PyTorch padding. weight HWIO [torch OIHW]."""
-    features: int
-    kernel_size: int
-    stride: int = 1
-    padding: int = 0
-    use_bias: bool = True
-
-    @nn.compact
-    def __call__(self, x):
-        in_ch = x.shape[-1]
-        k = self.kernel_size
-        weight = self.param("weight", nn.initializers.normal(1.0), (k, k, in_ch, self.features))
-        y = conv2d(x, weight * (1 / math.sqrt(in_ch * k * k)), self.stride, self.padding)
-        if self.use_bias:
-            y = y + self.param("bias", nn.initializers.zeros, (self.features,)).astype(y.dtype)
-        return y
-
-
 class FusedLeakyReLU(nn.Module):
     """`FusedLeakyReLU`: learned per-channel bias then leaky ReLU(0.2) * sqrt(2)."""
 
@@ -259,14 +252,32 @@ class Conv2d(nn.Module):
     padding: int = 0
     use_bias: bool = True
 
+    def weight_init(self):
+        return nn.initializers.lecun_normal()
+
+    def scaled(self, weight):
+        """The kernel the convolution uses (equalized learning rate scales it)."""
+        return weight
+
     @nn.compact
     def __call__(self, x):
         k = self.kernel_size
-        weight = self.param("weight", nn.initializers.lecun_normal(), (k, k, x.shape[-1], self.features))
-        y = conv2d(x, weight, self.stride, self.padding)
+        weight = self.param("weight", self.weight_init(), (k, k, x.shape[-1], self.features))
+        y = conv2d(x, self.scaled(weight), self.stride, self.padding)
         if self.use_bias:
             y = y + self.param("bias", nn.initializers.zeros, (self.features,)).astype(y.dtype)
         return y
+
+
+class EqualConv2d(Conv2d):
+    """`EqualConv2d`: conv with weight * 1/sqrt(in * k^2), N(0, 1) init, PyTorch padding. weight HWIO [torch OIHW]."""
+
+    def weight_init(self):
+        return nn.initializers.normal(1.0)
+
+    def scaled(self, weight):
+        k, _, in_ch, _ = weight.shape
+        return weight * (1 / math.sqrt(in_ch * k * k))
 
 
 class BatchNorm2d(nn.Module):
@@ -285,6 +296,60 @@ class BatchNorm2d(nn.Module):
         return (x - mean.astype(x.dtype)) * scale + bias.astype(x.dtype)
 
 
+def torch_uniform_init(fan_in: int):
+    """PyTorch's nn.Linear default for weights (kaiming_uniform with a=sqrt(5)) and biases: U(-1/sqrt(fan_in), +)."""
+    bound = 1.0 / math.sqrt(fan_in)
+
+    def init(key, shape, dtype=jnp.float32):
+        return jax.random.uniform(key, shape, dtype, -bound, bound)
+    return init
+
+
+class Linear(nn.Module):
+    """torch `nn.Linear(in, features, bias)` with PyTorch's init: weight (in, out) [torch (out, in)], bias (out,)."""
+    features: int
+    use_bias: bool = True
+
+    @nn.compact
+    def __call__(self, x):
+        fan_in = x.shape[-1]
+        weight = self.param("weight", torch_uniform_init(fan_in), (fan_in, self.features))
+        y = jnp.dot(x, weight.astype(x.dtype))
+        if self.use_bias:
+            y = y + self.param("bias", torch_uniform_init(fan_in), (self.features,)).astype(y.dtype)
+        return y
+
+
+LAYER_NORM_EPS = 1e-5  # torch.nn.LayerNorm default (flax's is 1e-6)
+
+
+def layer_norm(x, eps: float = LAYER_NORM_EPS):
+    """torch LayerNorm over the last axis without affine: (x - mean) / sqrt(biased var + eps)."""
+    mean = jnp.mean(x, axis=-1, keepdims=True)
+    var = jnp.mean(jnp.square(x - mean), axis=-1, keepdims=True)
+    return (x - mean) * lax.rsqrt(var + eps)
+
+
+class LayerNorm(nn.Module):
+    """torch `nn.LayerNorm(dim)` with affine: params `weight` (ones) and `bias` (zeros), eps 1e-5."""
+
+    @nn.compact
+    def __call__(self, x):
+        dim = x.shape[-1]
+        weight = self.param("weight", nn.initializers.ones, (dim,))
+        bias = self.param("bias", nn.initializers.zeros, (dim,))
+        return layer_norm(x) * weight.astype(x.dtype) + bias.astype(x.dtype)
+
+
+class PReLU(nn.Module):
+    """`nn.PReLU(C)`: max(0, x) + weight * min(0, x) with one slope per channel (last axis). weight (C,)."""
+
+    @nn.compact
+    def __call__(self, x):
+        weight = self.param("weight", nn.initializers.constant(0.25), (x.shape[-1],))
+        return leaky_relu(x, weight.astype(x.dtype))
+
+
 def max_pool(x, kernel: int, stride: int, padding: int = 0):
     """`nn.MaxPool2d(kernel, stride, padding)` (padding with -inf, floor mode) on NHWC."""
     return nn.max_pool(x, (kernel, kernel), strides=(stride, stride), padding=((padding, padding), (padding, padding)))
@@ -297,8 +362,8 @@ class ModulatedConv2d(nn.Module):
     """`ModulatedConv2d`: style-modulated (optionally demodulated) conv, optionally upsampling by 2 (transposed conv
     stride 2 then Blur) or downsampling (Blur then stride 2).
 
-    form="input_scaling": x * style -> conv with the shared weight -> * demod (rosinality fused=False; no grouped conv).
-    form="grouped": per-sample weights in one grouped conv (rosinality fused=True).
+    modconv="input_scaling": x * style -> conv with the shared weight -> * demod (rosinality fused=False; no grouped conv).
+    modconv="grouped": per-sample weights in one grouped conv (rosinality fused=True).
     Params: weight (k, k, in, out) [torch (1, out, in, k, k)], modulation = EqualLinear(style -> in, bias_init=1).
     """
     features: int
@@ -307,7 +372,7 @@ class ModulatedConv2d(nn.Module):
     upsample: bool = False
     downsample: bool = False
     blur_kernel: Sequence[float] = (1, 3, 3, 1)
-    form: str = "input_scaling"
+    modconv: str = "input_scaling"
     eps: float = 1e-8
 
     def _blur(self):
@@ -320,8 +385,8 @@ class ModulatedConv2d(nn.Module):
 
     @nn.compact
     def __call__(self, x, style):
-        if self.form not in MODCONV_FORMS:
-            raise ValueError(f"ModulatedConv2d: form must be one of {MODCONV_FORMS}, got {self.form!r}")
+        if self.modconv not in MODCONV_FORMS:
+            raise ValueError(f"ModulatedConv2d: modconv must be one of {MODCONV_FORMS}, got {self.modconv!r}")
         b, _, _, in_ch = x.shape
         k = self.kernel_size
         weight = self.param("weight", nn.initializers.normal(1.0), (k, k, in_ch, self.features))
@@ -333,7 +398,7 @@ class ModulatedConv2d(nn.Module):
             demod = lax.rsqrt(w2 + self.eps)  # (B, out)
         blur = self._blur() if (self.upsample or self.downsample) else None
 
-        if self.form == "input_scaling":
+        if self.modconv == "input_scaling":
             x = x * s[:, None, None, :]
             if self.upsample:
                 out = blur(conv_transpose2d_stride2(x, weight[::-1, ::-1]))

@@ -20,52 +20,9 @@ import jax
 import jax.numpy as jnp
 
 from ffclip_jax.errors import InputError
-from ffclip_jax.layers import pixel_norm
+from ffclip_jax.nn.layers import LayerNorm, Linear, layer_norm, leaky_relu, pixel_norm
 
 LEAKY_SLOPE = 0.01  # torch.nn.LeakyReLU() default
-LAYER_NORM_EPS = 1e-5  # torch.nn.LayerNorm default (flax's is 1e-6)
-
-
-def torch_uniform_init(fan_in: int):
-    """PyTorch's nn.Linear default for weights (kaiming_uniform with a=sqrt(5)) and biases: U(-1/sqrt(fan_in), +)."""
-    bound = 1.0 / math.sqrt(fan_in)
-
-    def init(key, shape, dtype=jnp.float32):
-        return jax.random.uniform(key, shape, dtype, -bound, bound)
-    return init
-
-
-def layer_norm(x, eps: float = LAYER_NORM_EPS):
-    """torch LayerNorm over the last axis without affine: (x - mean) / sqrt(biased var + eps)."""
-    mean = jnp.mean(x, axis=-1, keepdims=True)
-    var = jnp.mean(jnp.square(x - mean), axis=-1, keepdims=True)
-    return (x - mean) * jax.lax.rsqrt(var + eps)
-
-
-class Linear(nn.Module):
-    """torch `nn.Linear(in, features, bias)`: weight (in, out) [torch (out, in), transposed], bias (out,)."""
-    features: int
-    use_bias: bool = True
-
-    @nn.compact
-    def __call__(self, x):
-        fan_in = x.shape[-1]
-        weight = self.param("weight", torch_uniform_init(fan_in), (fan_in, self.features))
-        y = jnp.dot(x, weight.astype(x.dtype))
-        if self.use_bias:
-            y = y + self.param("bias", torch_uniform_init(fan_in), (self.features,)).astype(y.dtype)
-        return y
-
-
-class LayerNorm(nn.Module):
-    """torch `nn.LayerNorm(dim)` with affine: params `weight` (ones) and `bias` (zeros), eps 1e-5."""
-
-    @nn.compact
-    def __call__(self, x):
-        dim = x.shape[-1]
-        weight = self.param("weight", nn.initializers.ones, (dim,))
-        bias = self.param("bias", nn.initializers.zeros, (dim,))
-        return layer_norm(x) * weight.astype(x.dtype) + bias.astype(x.dtype)
 
 
 class ModulationMLP(nn.Module):
@@ -78,7 +35,7 @@ class ModulationMLP(nn.Module):
         self.layers_3 = Linear(self.features)
 
     def __call__(self, e):
-        return self.layers_3(nn.leaky_relu(self.layers_1(self.layers_0(e)), LEAKY_SLOPE))
+        return self.layers_3(leaky_relu(self.layers_1(self.layers_0(e)), LEAKY_SLOPE))
 
 
 class ChannelAttention(nn.Module):
@@ -129,7 +86,7 @@ class SemanticModulation(nn.Module):
 
     def semantic_injection(self, h, e):
         """LeakyReLU(0.01)(h * (1 + gamma(e)) + beta(e)). h (B, L, C), e (B, 1, C) -> (B, L, C)."""
-        return nn.leaky_relu(h * (1 + self.gamma_(e)) + self.beta_(e), LEAKY_SLOPE)
+        return leaky_relu(h * (1 + self.gamma_(e)) + self.beta_(e), LEAKY_SLOPE)
 
     def __call__(self, x, e):
         x = pixel_norm(x, axis=1)

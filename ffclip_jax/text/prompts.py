@@ -1,4 +1,4 @@
-"""Prompt lists: built-in per-domain lists (package data `ffclip_jax/prompts/<name>.txt`) or a user file.
+"""Prompt lists: built-in per-domain lists (package data `ffclip_jax/text/prompt_lists/<name>.txt`) or a user file.
 
 A list file has one prompt per line; blank lines and lines starting with `#` are skipped. Duplicates are kept:
 training draws an entry uniformly, so a repeated prompt weighs more (upstream's FFHQ list relies on this).
@@ -13,7 +13,7 @@ from typing import List
 
 from ffclip_jax.errors import InputError
 
-PROMPTS_DIR = os.path.join(os.path.dirname(os.path.abspath(__file__)), "prompts")
+PROMPTS_DIR = os.path.join(os.path.dirname(os.path.abspath(__file__)), "prompt_lists")
 BUILTIN = ("ffhq", "car", "church")
 
 

@@ -12,7 +12,7 @@ import flax.linen as nn
 import jax
 import jax.numpy as jnp
 
-from ffclip_jax.layers import EqualLinear, FusedLeakyReLU, ModulatedConv2d, NoiseInjection, Upsample, pixel_norm
+from ffclip_jax.nn.layers import EqualLinear, FusedLeakyReLU, ModulatedConv2d, NoiseInjection, Upsample, pixel_norm
 
 NOISE_MODES = ("const", "random", "none")
 
@@ -22,6 +22,11 @@ def channels_for(size: int, channel_multiplier: int, channel_max: int = 512) -> 
     cm = channel_multiplier
     return min(channel_max, {4: 512, 8: 512, 16: 512, 32: 512, 64: 256 * cm, 128: 128 * cm, 256: 64 * cm,
                              512: 32 * cm, 1024: 16 * cm}[size])
+
+
+def n_latent(size: int) -> int:
+    """Number of w+ rows of a `size` px generator (= styles an e4e encoder predicts): 2 log2(size) - 2."""
+    return 2 * int(math.log2(size)) - 2
 
 
 class ConstantInput(nn.Module):
@@ -46,7 +51,7 @@ class StyledConv(nn.Module):
     @nn.compact
     def __call__(self, x, style, noise):
         x = ModulatedConv2d(self.features, self.kernel_size, upsample=self.upsample, blur_kernel=self.blur_kernel,
-                            form=self.modconv, name="conv")(x, style)
+                            modconv=self.modconv, name="conv")(x, style)
         x = NoiseInjection(name="noise")(x, noise)
         return FusedLeakyReLU(name="activate")(x)
 
@@ -58,7 +63,7 @@ class ToRGB(nn.Module):
 
     @nn.compact
     def __call__(self, x, style, skip=None):
-        out = ModulatedConv2d(3, 1, demodulate=False, form=self.modconv, name="conv")(x, style)
+        out = ModulatedConv2d(3, 1, demodulate=False, modconv=self.modconv, name="conv")(x, style)
         out = out + self.param("bias", nn.initializers.zeros, (3,)).astype(out.dtype)
         if skip is not None:
             out = out + Upsample(self.blur_kernel)(skip)
@@ -92,7 +97,7 @@ class Generator(nn.Module):
 
     @property
     def n_latent(self) -> int:
-        return self.log_size * 2 - 2
+        return n_latent(self.size)
 
     @property
     def num_layers(self) -> int:
@@ -128,6 +133,13 @@ class Generator(nn.Module):
         for layer in self.style:
             x = layer(x)
         return x
+
+    def w_plus(self, z, truncation=1.0):
+        """z (B, D) -> mapping -> truncation towards latent_avg -> w+ (B, n_latent, D), every row the same w."""
+        w = self.mapping(z)
+        avg = self.variables["buffers"]["latent_avg"]
+        w = avg + truncation * (w - avg)
+        return jnp.broadcast_to(w[:, None], (w.shape[0], self.n_latent, w.shape[-1]))
 
     def mean_latent(self, n: int, key):
         """`mean_latent(n)`: the mean of n mapped z ~ N(0, I), shape (1, style_dim)."""

@@ -14,7 +14,7 @@ import jax
 import jax.numpy as jnp
 
 from ffclip_jax.errors import ConfigError
-from ffclip_jax.layers import BatchNorm2d, Conv2d
+from ffclip_jax.nn.layers import BatchNorm2d, Conv2d, PReLU
 
 MODES = ("ir", "ir_se")
 # depth -> units per stage; stage depths 64, 128, 256, 512; the first unit of every stage has stride 2.
@@ -38,15 +38,6 @@ def check_mode(mode: str) -> None:
         raise ConfigError(f"mode must be one of {MODES}, got {mode!r}")
 
 
-class PReLU(nn.Module):
-    """`nn.PReLU(C)`: max(0, x) + weight * min(0, x) with one slope per channel (last axis). weight (C,)."""
-
-    @nn.compact
-    def __call__(self, x):
-        weight = self.param("weight", nn.initializers.constant(0.25), (x.shape[-1],))
-        return jnp.where(x >= 0, x, x * weight.astype(x.dtype))
-
-
 class SEModule(nn.Module):
     """`SEModule(C, reduction)`: x * sigmoid(fc2(relu(fc1(avgpool(x))))), fc1/fc2 1x1 convs without bias."""
     channels: int
@@ -65,7 +56,7 @@ def strided_subsample(x, stride: int):
     return x[:, ::stride, ::stride, :]
 
 
-class Bottleneck(nn.Module):
+class IRBottleneck(nn.Module):
     """`bottleneck_IR` (mode 'ir') / `bottleneck_IR_SE` (mode 'ir_se'): (B, H, W, in) -> (B, H/s, W/s, depth).
 
     res_layer: BN -> Conv3x3(s1) -> PReLU -> Conv3x3(stride) -> BN [-> SE(16)];
@@ -103,7 +94,7 @@ def irse_backbone(x, num_layers: int, mode: str, taps: Sequence[int] = ()) -> Tu
     x = PReLU(name="input_layer_2")(x)
     tapped: Dict[int, jax.Array] = {}
     for i, (in_ch, depth, stride) in enumerate(unit_specs(num_layers)):
-        x = Bottleneck(in_ch, depth, stride, mode, name=f"body_{i}")(x)
+        x = IRBottleneck(in_ch, depth, stride, mode, name=f"body_{i}")(x)
         if i in taps:
             tapped[i] = x
     return x, [tapped[i] for i in taps]

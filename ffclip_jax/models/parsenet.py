@@ -10,7 +10,7 @@ import flax.linen as nn
 import jax.numpy as jnp
 
 from ffclip_jax.errors import InputError
-from ffclip_jax.layers import BatchNorm2d, Conv2d, conv_transpose2d_stride2, max_pool
+from ffclip_jax.nn.layers import BatchNorm2d, Conv2d, conv_transpose2d_stride2, max_pool
 
 BASE_FILTERS = (64, 128, 256, 512, 1024)
 DEPTH = len(BASE_FILTERS) - 1  # 2x2 max-pools: input sides must divide by 2**DEPTH

@@ -2,7 +2,7 @@
 
 A weights directory is any of
   * a `python -m convert_weights all` output or a trainer export (`manifest.json` mapping networks to directories,
-    relative to the manifest or absolute),
+    written relative to the manifest so the directory can be moved; absolute paths are read too),
   * a training workdir (its exported `WORKDIR/weights`),
   * a single `convert_weights ffclip` directory (the mapper, with its generator in `generator/`).
 
@@ -17,16 +17,12 @@ import os
 from typing import Dict, Optional, Tuple
 
 from ffclip_jax.errors import CheckpointError
+from ffclip_jax.fileio import write_json_atomic
+from ffclip_jax.weights import pretrained, registry
 
 MANIFEST = "manifest.json"
-TRAIN_CONFIG, TRAIN_EXPORT = "config.json", "weights"  # a training workdir's files (ffclip_jax.train_lib)
-# network -> the model names its converted directory may hold, and what a user runs to get one
-MODELS: Dict[str, Tuple[str, ...]] = {
-    "mapper": ("ffclip_mapper",), "generator": ("stylegan2",), "e4e": ("e4e", "psp"), "clip": ("clip",),
-    "arcface": ("arcface",), "parsenet": ("parsenet",), "moco": ("moco",)}
-DESCRIPTION = {"mapper": "FFCLIP mapper", "generator": "StyleGAN2 generator", "e4e": "e4e encoder",
-               "clip": "CLIP model", "arcface": "ArcFace network", "parsenet": "face-parsing network",
-               "moco": "MoCo network"}
+TRAIN_CONFIG, TRAIN_EXPORT = "config.json", "weights"  # a training workdir's files (ffclip_jax.train.checkpoint)
+EXPORT_HINT = "python -c \"from ffclip_jax.train.checkpoint import export_weights; export_weights('{workdir}')\""
 
 
 @dataclasses.dataclass(frozen=True)
@@ -41,18 +37,17 @@ class WeightsDir:
     def path(self, network: str, needed_for: str = "editing") -> str:
         """The directory of `network`, checked to hold one of its models; a one-line error if it is missing."""
         if network not in self.networks:
-            raise CheckpointError(f"weights directory {self.root} has no {DESCRIPTION.get(network, network)}: "
-                                  f"needed for {needed_for}")
+            description = registry.network_entry(network).description if network in registry.NETWORKS else network
+            raise CheckpointError(f"weights directory {self.root} has no {description}: needed for {needed_for}")
         path = self.networks[network]
-        from ffclip_jax import pretrained
-
         try:
             model = pretrained.read_meta(path)["model"]
         except CheckpointError as e:
             raise CheckpointError(f"weights directory {self.root}: {network}: {e}") from None
-        if model not in MODELS.get(network, (model,)):
+        models = registry.NETWORKS.get(network, (model,))
+        if model not in models:
             raise CheckpointError(f"weights directory {self.root}: {network} at {path} holds a {model!r} model, "
-                                  f"expected {' or '.join(repr(m) for m in MODELS[network])}")
+                                  f"expected {' or '.join(repr(m) for m in models)}")
         return path
 
     def with_overrides(self, **paths: Optional[str]) -> "WeightsDir":
@@ -80,10 +75,16 @@ def _read_manifest(directory: str) -> Dict[str, str]:
     return networks
 
 
+def write_manifest(directory: str, networks: Dict[str, str], **fields) -> None:
+    """DIRECTORY/manifest.json naming each network's directory relative to DIRECTORY (absolute inputs are made
+    relative), plus any other `fields`; written atomically."""
+    root = os.path.abspath(directory)
+    relative = {name: os.path.relpath(os.path.join(root, path), root) for name, path in networks.items()}
+    write_json_atomic(os.path.join(root, MANIFEST), {"format": pretrained.FORMAT, "networks": relative, **fields})
+
+
 def resolve(directory: str) -> WeightsDir:
     """The networks of a weights directory (see the module docstring); a one-line CheckpointError otherwise."""
-    from ffclip_jax import pretrained
-
     root = os.path.abspath(os.fspath(directory))
     if not os.path.isdir(root):
         raise CheckpointError(f"weights directory {directory}: no such directory")
@@ -95,8 +96,7 @@ def resolve(directory: str) -> WeightsDir:
         if os.path.isfile(os.path.join(export, MANIFEST)):
             return WeightsDir(root, _read_manifest(export))
         raise CheckpointError(f"training workdir {directory} has no exported weights ({export}/{MANIFEST}); export "
-                              f"them with `python -c \"from ffclip_jax.train_lib import export_weights; "
-                              f"export_weights('{directory}')\"`")
+                              f"them with `{EXPORT_HINT.format(workdir=directory)}`")
     if is_model_dir:
         model = pretrained.read_meta(root)["model"]
         if model == "ffclip_mapper":
@@ -104,8 +104,7 @@ def resolve(directory: str) -> WeightsDir:
             if os.path.isdir(os.path.join(root, "generator")):
                 networks["generator"] = os.path.join(root, "generator")
             return WeightsDir(root, networks)
-        network = next((n for n, models in MODELS.items() if model in models), model)
-        return WeightsDir(root, {network: root})
+        return WeightsDir(root, {registry.network_of(model): root})
     raise CheckpointError(f"weights directory {directory}: no {MANIFEST} (make one with `python -m convert_weights all "
                           f"--from pretrained_models/ --output {directory}`), not a training workdir and not a "
                           f"converted model directory")

@@ -10,25 +10,10 @@ import flax.linen as nn
 import jax.numpy as jnp
 
 from ffclip_jax.errors import ConfigError, InputError
-from ffclip_jax.irse import irse_backbone
-from ffclip_jax.layers import BatchNorm2d
+from ffclip_jax.models.irse import irse_backbone
+from ffclip_jax.nn.layers import BatchNorm2d, Linear, l2_normalize
 
 INPUT_SIZES = (112, 224)
-
-
-def l2_norm(x, axis: int = 1):
-    """InsightFace `l2_norm`: x / ||x||_2 along `axis` (no epsilon, as upstream)."""
-    return x / jnp.linalg.norm(x, axis=axis, keepdims=True)
-
-
-class Linear(nn.Module):
-    """`nn.Linear`: x @ weight + bias, weight (in, out) [torch (out, in)]."""
-    features: int
-
-    @nn.compact
-    def __call__(self, x):
-        weight = self.param("weight", nn.initializers.lecun_normal(), (x.shape[-1], self.features))
-        return x @ weight.astype(x.dtype) + self.param("bias", nn.initializers.zeros, (self.features,)).astype(x.dtype)
 
 
 class Backbone(nn.Module):
@@ -51,4 +36,4 @@ class Backbone(nn.Module):
         x = jnp.transpose(x, (0, 3, 1, 2)).reshape(x.shape[0], -1)  # torch Flatten of NCHW
         x = Linear(512, name="output_layer_3")(x)
         x = BatchNorm2d(name="output_layer_4")(x)  # BatchNorm1d(512): same inference formula over the last axis
-        return l2_norm(x)
+        return l2_normalize(x)

@@ -1,15 +1,16 @@
 """Converted-weights directories: `model.json` (which model, its config) + `variables/` (an orbax checkpoint).
 
-    module, variables = ffclip_jax.pretrained.load("weights/stylegan2")
+    module, variables = ffclip_jax.weights.pretrained.load("weights/stylegan2")
     image = module.apply(variables, w_plus, input_is_latent=True)
 
 Composite sources (an e4e or FFCLIP file also holding the generator) write the extra model in a subdirectory
-(`DIR/generator`), itself a converted directory.
+(`DIR/generator`), itself a converted directory. Which class or loader builds a model: `registry`.
+CLIP directories hold transformers' files (config.json + flax_model.msgpack) instead of `variables/`.
 """
 from __future__ import annotations
 
 import contextlib
-import importlib
+import hashlib
 import json
 import os
 import shutil
@@ -19,37 +20,12 @@ from typing import Any, Dict, Iterator, Optional, Tuple
 import numpy as np
 
 from ffclip_jax.errors import CheckpointError
+from ffclip_jax.weights import registry
 
 FORMAT = "ffclip-jax"
 FORMAT_VERSION = 1
 META_FILE = "model.json"
 VARIABLES_DIR = "variables"
-
-# model name -> "module:attr". attr is a flax Module class (built as cls(**config)) or a loader function
-# `loader(directory, meta) -> (module, variables)` for models that are not plain Flax modules.
-MODELS: Dict[str, str] = {
-    "stylegan2": "ffclip_jax.stylegan2:Generator",
-    "e4e": "ffclip_jax.e4e:Encoder4Editing",
-    "psp": "ffclip_jax.e4e:GradualStyleEncoder",
-    "ffclip_mapper": "ffclip_jax.mapper:DynamicMapper",
-    "clip": "ffclip_jax.clip:load_converted",
-    "arcface": "ffclip_jax.arcface:Backbone",
-    "parsenet": "ffclip_jax.parsenet:UNet",
-    "moco": "ffclip_jax.moco:ResNet50",
-}
-
-
-def register(name: str, target: str) -> None:
-    """Register a model name for `load` ("package.module:ClassOrLoader")."""
-    MODELS[name] = target
-
-
-def _resolve(name: str):
-    if name not in MODELS:
-        raise CheckpointError(f"unknown model {name!r} in {META_FILE}; known: {', '.join(sorted(MODELS))}")
-    mod, attr = MODELS[name].split(":")
-    return getattr(importlib.import_module(mod), attr)
-
 
 def read_meta(directory: str) -> Dict[str, Any]:
     path = os.path.join(directory, META_FILE)
@@ -132,6 +108,21 @@ def atomic_output_dir(directory: str, overwrite: bool = False) -> Iterator[str]:
         shutil.rmtree(old, ignore_errors=True)
 
 
+def same_model(a: str, b: str) -> bool:
+    """Whether two converted directories hold the same model: equal model.json model and config, and every variable
+    equal array by array."""
+    meta_a, meta_b = read_meta(a), read_meta(b)
+    if (meta_a["model"], meta_a.get("config")) != (meta_b["model"], meta_b.get("config")):
+        return False
+    import jax
+
+    va, vb = (restore_variables(os.path.join(d, VARIABLES_DIR)) for d in (a, b))
+    leaves_a, tree_a = jax.tree.flatten(va)
+    leaves_b, tree_b = jax.tree.flatten(vb)
+    return tree_a == tree_b and all(np.shape(x) == np.shape(y) and np.array_equal(x, y)
+                                    for x, y in zip(leaves_a, leaves_b))
+
+
 def save(directory: str, model: str, config: Dict[str, Any], variables, *, extra=None, overwrite=False) -> None:
     """Atomically write one converted model directory."""
     with atomic_output_dir(directory, overwrite) as tmp:
@@ -143,7 +134,10 @@ def load(directory: str, **overrides) -> Tuple[Any, Any]:
     (e.g. modconv="grouped", remat=True)."""
     directory = os.fspath(directory)
     meta = read_meta(directory)
-    target = _resolve(meta["model"])
+    try:
+        target = registry.entry(meta["model"]).resolve()
+    except CheckpointError as e:
+        raise CheckpointError(f"{directory}/{META_FILE}: {e}") from None
     import flax.linen as nn
 
     if isinstance(target, type) and issubclass(target, nn.Module):
@@ -155,3 +149,53 @@ def load(directory: str, **overrides) -> Tuple[Any, Any]:
             raise CheckpointError(f"{directory}/{META_FILE}: config does not fit {meta['model']}: {e}") from None
         return module, restore_variables(os.path.join(directory, VARIABLES_DIR))
     return target(directory, dict(meta, config=dict(meta.get("config", {}), **overrides)))
+
+
+# ---------------------------------------------------------------------------------------------------------------
+# CLIP: transformers' on-disk format, so `FlaxCLIPModel.from_pretrained(DIR)` reads a converted directory too
+
+CLIP_WEIGHTS = "flax_model.msgpack"
+
+
+def sha256_file(path: str) -> str:
+    h = hashlib.sha256()
+    with open(path, "rb") as f:
+        for chunk in iter(lambda: f.read(1 << 24), b""):
+            h.update(chunk)
+    return h.hexdigest()
+
+
+def save_clip(directory: str, config: Dict[str, Any], variables, *, extra=None, overwrite=False) -> None:
+    """Atomically write a CLIP directory: config.json + flax_model.msgpack + model.json (with the weights' sha256,
+    the key of the prompt-embedding cache)."""
+    from transformers import FlaxCLIPModel
+
+    from ffclip_jax.models.clip import hf_config
+
+    params = _to_numpy_tree(dict(variables["params"]))
+    with atomic_output_dir(directory, overwrite) as tmp:
+        FlaxCLIPModel(hf_config(config), _do_init=False).save_pretrained(tmp, params=params)
+        sha = sha256_file(os.path.join(tmp, CLIP_WEIGHTS))
+        write_meta(tmp, "clip", config, dict(extra or {}, weights_sha256=sha))
+
+
+def load_clip(directory: str, meta: Dict[str, Any]):
+    """The registry's loader for model 'clip': (CLIP module, {'params': ...}) from DIR/flax_model.msgpack."""
+    import jax
+    import jax.numpy as jnp
+    from flax import serialization
+
+    from ffclip_jax.models.clip import build
+
+    path = os.path.join(directory, CLIP_WEIGHTS)
+    if not os.path.isfile(path):
+        raise CheckpointError(f"{path}: missing CLIP weights (convert with `python -m convert_weights clip`)")
+    with open(path, "rb") as f:
+        params = serialization.msgpack_restore(f.read())
+    return build(meta["config"]), {"params": jax.tree.map(jnp.asarray, params)}
+
+
+def clip_weights_hash(directory: str) -> str:
+    """sha256 of a CLIP directory's weights (recorded in model.json by `save_clip`; computed if absent)."""
+    meta = read_meta(directory)
+    return meta.get("extra", {}).get("weights_sha256") or sha256_file(os.path.join(directory, CLIP_WEIGHTS))

@@ -1,0 +1,109 @@
+"""Checks of a training config (the fields `configs/default.py` defines) that run before anything is compiled: the
+batch against the mesh, the active loss terms, and the weights directories they need. Each failure is a one-line
+ConfigError."""
+from __future__ import annotations
+
+from typing import Dict, Tuple
+
+from ffclip_jax.errors import CheckpointError, ConfigError
+from ffclip_jax.train.sharding import DATA_AXIS
+from ffclip_jax.weights import pretrained
+from ffclip_jax.weights.registry import TRAINING_NETWORKS, Entry, entry, network_entry
+
+LOSS_TERMS = ("clip", "embedding", "latent", "id", "background", "moco", "image_l1")
+# loss term -> the frozen network it needs (besides the generator)
+TERM_NETWORK = {"clip": "clip", "embedding": "clip", "id": "arcface", "background": "parsenet", "moco": "moco"}
+
+
+def parse_flags(argv):
+    """absl's flag parsing for train.py (`--config FILE --workdir DIR --config.a.b=value`), with every problem (an
+    unknown key, a bad value, a missing or broken config file, an unknown flag) as one line `error: ...` and exit
+    status 2. absl logs at WARNING unless --verbosity says otherwise (orbax is chatty at INFO)."""
+    import sys
+
+    from absl import flags
+
+    flags.FLAGS.set_default("verbosity", -1)
+    try:
+        rest = flags.FLAGS(argv)
+        flags.FLAGS.config.keys()  # config files load lazily: surface a missing or broken file here
+        return rest
+    except (flags.Error, AttributeError, KeyError, ValueError, TypeError, OSError) as e:
+        print(f"error: {_flag_error(argv, e)}", file=sys.stderr)
+        sys.exit(2)
+
+
+def _flag_error(argv, e: Exception) -> str:
+    """One line for a flag-parsing exception: the offending --config argument and what was wrong."""
+    lines = [line.strip() for line in str(e).replace("\\n", "\n").splitlines() if line.strip()]
+    if isinstance(e, OSError):  # the config file could not be loaded
+        return f"--config: {lines[-1].strip(chr(39) + chr(34))}"
+    if "Traceback" in str(e):  # get_config() raised
+        return f"--config: get_config() failed: {lines[-1]}"
+    for arg in argv[1:]:
+        name = arg.split("=", 1)[0]
+        field = next((f for f in name.split(".")[1:] if f"'{f}'" in str(e)), name.rsplit(".", 1)[-1])
+        if name.startswith("--config.") and field in str(e):
+            hint = next((line for line in lines if line.startswith(("Did you mean", "'Did you mean"))), "")
+            if isinstance(e, (AttributeError, KeyError)):
+                return f"{name}: unknown config key {field!r}" + (f" ({hint.strip(chr(39))})" if hint else "")
+            return f"{arg}: {lines[-1]}"
+    return " ".join(lines)
+
+
+def resolve_batch(config, num_devices: int) -> Tuple[int, int]:
+    """(global train batch, eval batch), checked against the data axis and accumulation."""
+    t = config.train
+    batch = t.batch_size or t.per_device_batch_size * num_devices
+    accum = t.accum_steps
+    if accum < 1 or batch % accum:
+        raise ConfigError(f"train.accum_steps={accum} must be >= 1 and divide the global batch {batch}")
+    if (batch // accum) % num_devices:
+        raise ConfigError(f"micro-batch {batch // accum} (train.batch_size {batch} / accum_steps {accum}) does not "
+                          f"split over the {num_devices} devices of the '{DATA_AXIS}' axis")
+    eval_batch = config.eval.batch_size or batch // accum
+    if eval_batch % num_devices:
+        raise ConfigError(f"eval.batch_size={eval_batch} does not split over the {num_devices} devices")
+    return batch, eval_batch
+
+
+def active_terms(config) -> Dict[str, float]:
+    """The loss terms with a non-zero weight."""
+    unknown = set(config.loss.keys()) - set(LOSS_TERMS)
+    if unknown:
+        raise ConfigError(f"unknown loss terms {sorted(unknown)}; known: {', '.join(LOSS_TERMS)}")
+    terms = {k: float(v) for k, v in config.loss.items() if float(v) != 0.0}
+    if not terms:
+        raise ConfigError("every loss weight is 0: nothing to train")
+    return terms
+
+
+def needed_networks(config) -> Tuple[str, ...]:
+    """Networks the configured losses need: always the generator and CLIP (for the prompt table)."""
+    need = {"generator", "clip"} | {TERM_NETWORK[t] for t in active_terms(config) if t in TERM_NETWORK}
+    return tuple(n for n in TRAINING_NETWORKS if n in need)
+
+
+def check_weights(config) -> None:
+    """Every needed `weights.*` directory exists and holds the right model, and `init_from` is an FFCLIP directory:
+    a one-line ConfigError otherwise. Reads only model.json files (runs before anything is compiled)."""
+    terms = active_terms(config)
+    for name in needed_networks(config):
+        path = config.weights[name]
+        users = [f"loss.{t}={terms[t]}" for t in terms if TERM_NETWORK.get(t) == name] or ["rendering"]
+        if not path:
+            raise ConfigError(f"config.weights.{name} is empty but {', '.join(users)} needs it; convert one with "
+                              f"`{network_entry(name).convert_hint}` and pass --config.weights.{name}=DIR")
+        _check_model_dir(f"config.weights.{name}", path, network_entry(name))
+    if config.init_from:
+        _check_model_dir("config.init_from", config.init_from, entry("ffclip_mapper"))
+
+
+def _check_model_dir(field: str, path: str, expected: Entry) -> None:
+    try:
+        meta = pretrained.read_meta(path)
+    except CheckpointError as e:
+        raise ConfigError(f"{field}={path}: {e}") from None
+    if meta["model"] != expected.model:
+        raise ConfigError(f"{field}={path}: holds a {meta['model']!r} model, expected {expected.model!r} "
+                          f"(`{expected.convert_hint}`)")
