@@ -1,17 +1,29 @@
-# make demo: create .venv, install, run the tiny default end to end.  make test: the default suite.
+# make demo: create .venv, install (no torch), run the tiny default end to end.  make test: the default suite.
 PYTHON ?= python3
 VENV ?= .venv
 PY := $(VENV)/bin/python
 PYTEST := $(PY) -m pytest -q -p no:cacheprovider
 
-.PHONY: install demo test test-slow bench bench-train clean
+.PHONY: install install-test browser demo studio test test-slow bench bench-train bench-all clean
 
 $(VENV)/.installed: setup.cfg pyproject.toml
 	$(PYTHON) -m venv $(VENV)
+	$(PY) -m pip install -q -e .
+	touch $@
+
+$(VENV)/.installed-test: $(VENV)/.installed
 	$(PY) -m pip install -q -e '.[test]'
 	touch $@
 
 install: $(VENV)/.installed
+
+install-test: $(VENV)/.installed-test
+
+# the studio's browser test drives Debian's headless Chromium; installed here when missing and we are root
+browser:
+	@command -v chromedriver >/dev/null 2>&1 || { [ "$$(id -u)" = 0 ] && command -v apt-get >/dev/null && \
+		(apt-get update -qq && apt-get install -y -qq chromium chromium-driver >/dev/null); } || \
+		echo "note: no chromium/chromedriver; the browser test will say how to install them"
 
 demo: install
 	$(PY) train.py --config configs/tiny.py --workdir runs/tiny
@@ -20,16 +32,16 @@ demo: install
 		--random 4 --seed 0 --output runs/tiny/edits
 	@echo "demo done: training grids in runs/tiny/grids/, edits in runs/tiny/edits/ (grid.png)"
 
-test: install
+test: install-test browser
 	$(PYTEST) tests
 
-test-slow: install
+test-slow: install-test browser
 	$(PYTEST) -m "" tests
 
-bench: install
+bench: install-test
 	$(PY) bench/generator.py --size 256 --batch 2
 
-bench-train: install
+bench-train: install-test
 	$(PY) bench/train_step.py --size 256 --batch 2
 
 clean:

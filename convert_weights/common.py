@@ -11,7 +11,7 @@ import numpy as np
 
 from ffclip_jax.errors import CheckpointError
 from ffclip_jax.weights import pretrained, registry
-from ffclip_jax.weights.torch_io import flatten_state_dict, load_checkpoint
+from ffclip_jax.weights.torch_io import ensure_loaded, flatten_state_dict, load_checkpoint
 
 GENERATOR_SUBDIR = "generator"  # where e4e and FFCLIP conversions put the generator stored in their file
 
@@ -30,6 +30,7 @@ def load_dict(path) -> Dict[str, Any]:
 
 
 def state_dict(obj: Any, where: str) -> Dict[str, np.ndarray]:
+    ensure_loaded(obj, where)
     if not isinstance(obj, Mapping):
         raise CheckpointError(f"{where}: expected a state dict, found {type(obj).__name__}")
     return flatten_state_dict(obj)
@@ -87,7 +88,7 @@ def read_latent_avg(path: str, option: str = "--latent-avg-from") -> np.ndarray:
         ckpt = load_dict(path)
         if ckpt.get("latent_avg") is None:
             raise CheckpointError(f"{option} {path}: no 'latent_avg' entry")
-        latent_avg = ckpt["latent_avg"]
+        latent_avg = ensure_loaded(ckpt["latent_avg"], f"{path}[latent_avg]")
     return np.asarray(latent_avg, np.float32).reshape(-1, np.shape(latent_avg)[-1])[0]
 
 

@@ -15,6 +15,7 @@ from convert_weights.mapping import Rule, apply_rules
 from convert_weights.stylegan2 import convert_state_dict as convert_generator
 from ffclip_jax.errors import CheckpointError, ConversionError
 from ffclip_jax.models.stylegan2 import n_latent as latents_of_size
+from ffclip_jax.weights.torch_io import ensure_loaded, placeholder_name
 
 NAME = "e4e"
 HELP = "e4e / pSp encoder checkpoint (encoder, latent_avg and decoder generator) -> Flax"
@@ -25,7 +26,7 @@ CARS_INPUT_SIZE, DEFAULT_INPUT_SIZE = (192, 256), (256, 256)
 
 def _opts(ckpt: Mapping[str, Any]) -> Dict[str, Any]:
     opts = ckpt.get("opts")
-    if opts is None:
+    if opts is None or placeholder_name(opts) is not None:
         return {}
     return dict(opts) if isinstance(opts, Mapping) else dict(vars(opts))
 
@@ -124,7 +125,7 @@ def convert(input, output, *, force: bool = False, latent_avg_from: Optional[str
     config = encoder_config(enc, opts, f"{path}[encoder]", input_size=input_size)
     n_latent = latents_of_size(config["stylegan_size"])
     if ckpt.get("latent_avg") is not None:
-        raw = ckpt["latent_avg"]
+        raw = ensure_loaded(ckpt["latent_avg"], f"{path}[latent_avg]")
     elif latent_avg_from:
         raw = common.read_latent_avg(latent_avg_from)
     elif config["start_from_latent_avg"]:

@@ -269,7 +269,8 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--text", action="append", default=[], help="edit prompt (repeat for several)")
     p.add_argument("--strength", default="1", help="comma-separated edit strengths (1 = upstream FFCLIP)")
     src = p.add_mutually_exclusive_group(required=True)
-    src.add_argument("--images", nargs="+", help="FFHQ-aligned photos: files and/or folders")
+    src.add_argument("--images", nargs="+", help="photos (FFHQ-aligned faces, or any photo with --align): files and/or "
+                                                 "folders")
     src.add_argument("--latents", help="w+ latents .npy (N, L, D), e.g. from `python -m ffclip_jax.invert`")
     src.add_argument("--random", type=int, metavar="N", help="N random latents from the generator")
     p.add_argument("--seed", type=int, default=0, help="seed of --random")
@@ -279,6 +280,8 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--batch-size", type=int, default=DEFAULT_BATCH)
     p.add_argument("--grid-rows", type=int, default=16, help="sources shown in grid.png")
     p.add_argument("--e4e", help="converted e4e directory to use instead of the weights directory's")
+    p.add_argument("--align", metavar="PREDICTOR",
+                   help="FFHQ-align the photos first with this dlib 68-point landmark predictor file")
     p.add_argument("--clip", help="converted CLIP directory to use instead of the weights directory's")
     p.add_argument("--cache-dir", help="text-embedding cache (default ~/.cache/ffclip_jax/prompt_embeddings)")
     return p
@@ -311,6 +314,7 @@ def main(argv=None) -> None:
     inputs = None  # the preprocessed photos of the first grid rows
     if files is not None:
         w, sources, skipped, inputs = invert_lib.invert_files(*editor.encoder, files, batch_size=args.batch_size,
+                                                              align=args.align,
                                                               keep_inputs=args.grid_rows)
         if skipped:
             print(f"skipped {len(skipped)} unreadable file(s): {', '.join(skipped)}", file=sys.stderr)

@@ -151,17 +151,26 @@ def save_grid(path: str, inputs: np.ndarray, recons: np.ndarray) -> None:
 
 
 def invert_files(encoder, variables, files: Sequence[str], *, batch_size: int = 8, resize: bool = True,
-                 keep_inputs: int = 0, progress: bool = True):
+                 keep_inputs: int = 0, progress: bool = True, align: Optional[str] = None):
     """Read, preprocess and invert image files in batches. Returns (codes (N, n, 512) float32, the files inverted,
-    the unreadable files skipped, the first `keep_inputs` preprocessed inputs (K, H, W, 3))."""
+    the files skipped (unreadable, or no face found with `align`), the first `keep_inputs` preprocessed inputs
+    (K, H, W, 3)). align: a dlib 68-point predictor file; each photo's largest face is FFHQ-aligned first, at the
+    encoder's input size as e4e's own inference does (`ffclip_jax.align`)."""
     from tqdm import tqdm
 
     size = tuple(encoder.input_size)
     done, skipped, kept = [], [], []
+    if align is not None:
+        from ffclip_jax import align as align_lib
+
+        predictor = align_lib.load_predictor(align)
 
     def arrays():
         for path in tqdm(files, desc="inverting", unit="img", disable=not progress):
             image = _read(path)
+            if image is not None and align is not None:
+                aligned, _ = align_lib.align_images([image], predictor, size=max(size), transform_size=max(size))
+                image = aligned[0] if aligned else None
             if image is None:
                 skipped.append(path)
                 continue
@@ -185,6 +194,8 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--output", required=True, help="latents .npy to write (a .json list of sources is written beside)")
     p.add_argument("--batch-size", type=int, default=8)
     p.add_argument("--no-resize", action="store_true", help="do not resize: images must be the encoder's input size")
+    p.add_argument("--align", metavar="PREDICTOR",
+                   help="FFHQ-align raw photos first with this dlib 68-point landmark predictor file")
     p.add_argument("--generator", help="converted stylegan2 directory for --grid (default: ENCODER/generator)")
     p.add_argument("--grid", help="write a PNG of input | reconstruction rows (first 16 images)")
     return p
@@ -208,13 +219,14 @@ def main(argv=None) -> None:
         generator = pretrained.load(generator_dir)
     files = list_images(args.images)
     codes, done, skipped, inputs = invert_files(encoder, variables, files, batch_size=args.batch_size,
-                                                resize=not args.no_resize,
+                                                resize=not args.no_resize, align=args.align,
                                                 keep_inputs=GRID_MAX_ROWS if args.grid else 0)
     sources = os.path.splitext(args.output)[0] + ".json"
     atomic_write(args.output, lambda tmp: np.save(tmp, codes))
     write_json_atomic(sources, done)
     if skipped:
-        print(f"skipped {len(skipped)} unreadable file(s): {', '.join(skipped)}", file=sys.stderr)
+        print(f"skipped {len(skipped)} unreadable file(s){' or photos without a face' if args.align else ''}: "
+              f"{', '.join(skipped)}", file=sys.stderr)
     print(f"wrote {codes.shape} codes to {args.output} and their sources to {sources}")
     if args.grid:
         recons = reconstruct(*generator, codes[:len(inputs)], tuple(encoder.input_size), args.batch_size)

@@ -9,6 +9,8 @@ import re
 import subprocess
 import sys
 
+import chex
+import jax
 import numpy as np
 import pytest
 import torch
@@ -92,10 +94,57 @@ def test_convert_all_by_content(upstream):
     assert "skipped" in upstream["stdout"] and "notes.txt" in upstream["stdout"]
     for network, (_, model) in want.items():
         assert pretrained.read_meta(str(out / network))["model"] == model
-    # the FFCLIP file has no latent_avg: it came from the StyleGAN2 file
-    _, gv = pretrained.load(str(out / "mapper" / "generator"))
+    # each network once: the generators inside the e4e and FFCLIP files equal the StyleGAN2 one, array by array
+    # (the FFCLIP file has no latent_avg: it came from the StyleGAN2 file), so they are references to it
+    assert manifest["generators"] == {"e4e": "generator", "mapper": "generator"}
+    assert not (out / "e4e" / "generator").exists() and not (out / "mapper" / "generator").exists()
+    _, gv = pretrained.load(str(out / "generator"))
     np.testing.assert_array_equal(gv["buffers"]["latent_avg"], upstream["latent_avg"].numpy())
     assert not [f for f in os.listdir(upstream["dir"]) if f.startswith(".weights")]
+
+
+def test_generator_stored_once_unless_it_differs(tmp_path):
+    """A decoder equal to generator/ is dropped, a different one stays beside its encoder and the manifest says so,
+    and without a StyleGAN2 file the first decoder becomes generator/."""
+    from convert_weights.all import _share_generator
+
+    def model_dir(path, value):
+        pretrained.save(str(path), "stylegan2", {"size": 8}, {"params": {"w": np.full(3, value, np.float32)}})
+
+    model_dir(tmp_path / "e4e" / "generator", 1.0)
+    assert _share_generator(str(tmp_path), "e4e") == "generator" and (tmp_path / "generator").is_dir()
+    model_dir(tmp_path / "mapper" / "generator", 1.0)
+    assert _share_generator(str(tmp_path), "mapper") == "generator"
+    assert not (tmp_path / "mapper" / "generator").exists()
+    model_dir(tmp_path / "other" / "generator", 2.0)
+    assert _share_generator(str(tmp_path), "other") == "other/generator"
+    assert (tmp_path / "other" / "generator").is_dir()
+
+
+def test_moved_weights_directory_edits_and_fine_tunes(upstream, editor, tmp_path):
+    """The manifest's paths are relative: a copied weights directory edits the same and serves as init_from."""
+    import shutil
+
+    from configs import default as default_config
+    from ffclip_jax import train as tl
+
+    moved = tmp_path / "elsewhere" / "weights"
+    shutil.copytree(upstream["out"], moved)
+    w = editor.sample(2, seed=3)
+    want = editor.edit(w, ["Bald"], 0.5)
+    got = Editor.from_pretrained(str(moved), batch_size=BATCH, cache_dir=str(upstream["dir"] / "cache")).edit(
+        w, ["Bald"], 0.5)
+    np.testing.assert_array_equal(got.images, want.images)
+    config = default_config.get_config()
+    with config.unlocked():
+        config.init_from = str(moved / "mapper")
+        config.loss.update(dict(id=0.0, background=0.0, embedding=0.0, clip=0.0))
+        config.weights.generator = str(moved / "generator")
+        config.weights.clip = str(moved / "clip")
+    tl.check_weights(config)
+    mapper, variables = pretrained.load(str(moved / "mapper"))
+    params = tl.init_mapper_params(config, mapper, 0)
+    chex.assert_trees_all_equal(jax.device_get(params), jax.device_get(variables["params"]))
 
 
 def test_detect_arcface(tmp_path):
@@ -125,8 +174,8 @@ def test_convert_all_errors(upstream, tmp_path, capsys):
 def test_resolve_weights_directories(upstream, tmp_path):
     out = upstream["out"]
     assert resolve(str(out)).networks["e4e"] == str(out / "e4e")
-    only_mapper = resolve(str(out / "mapper"))  # a `convert_weights ffclip` directory
-    assert only_mapper.networks == {"mapper": str(out / "mapper"), "generator": str(out / "mapper" / "generator")}
+    only_mapper = resolve(str(out / "mapper"))  # a mapper directory (in `all` output its generator is generator/)
+    assert only_mapper.networks == {"mapper": str(out / "mapper")}
     with pytest.raises(FFCLIPError, match=r"has no e4e encoder: needed for --images$"):
         only_mapper.path("e4e", "--images")
     workdir = tmp_path / "run"

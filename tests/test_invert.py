@@ -11,6 +11,7 @@ from PIL import Image
 from ffclip_jax.weights import pretrained
 from ffclip_jax.models.e4e import Encoder4Editing
 from ffclip_jax.errors import FFCLIPError, run_cli
+from ffclip_jax.grid import LABEL_HEIGHT, PAD, make_grid
 from ffclip_jax.invert import invert_arrays, load_encoder, main, preprocess
 from ffclip_jax.models.stylegan2 import Generator
 
@@ -72,9 +73,10 @@ def test_cli_folder_grid_and_array_api(encoder_dir, photos, tmp_path, capsys):
     assert [os.path.basename(f) for f in files] == ["a.png", "b.png", "c.png"]
     assert sorted(os.listdir(tmp_path / "out")) == ["latents.json", "latents.npy"]  # no temporaries left
     grid = np.asarray(Image.open(tmp_path / "recon.png"))
-    assert grid.shape == (3 * SIZE, 2 * SIZE, 3)
     a = preprocess(Image.open(photos / "a.png"), (SIZE, SIZE))
-    np.testing.assert_array_equal(grid[:SIZE, :SIZE], ((a + 1) / 2 * 255).astype(np.uint8))
+    want = np.asarray(make_grid(np.stack([a[None], a[None]], axis=1), ["input", "reconstruction"]))
+    assert grid.shape == (want.shape[0] + 2 * (want.shape[0] - LABEL_HEIGHT - PAD), want.shape[1], 3)  # 3 rows
+    np.testing.assert_array_equal(grid[:want.shape[0], :want.shape[1] // 2], want[:, :want.shape[1] // 2])
 
     encoder, variables = load_encoder(encoder_dir)
     images = [np.asarray(Image.open(photos / n)) for n in ("a.png", "b.png", "c.png")]

@@ -237,12 +237,11 @@ def test_bad_inputs(tmp_path):
     tg = TorchGenerator(16, 32, n_mlp=2)
     assert "no such file" in _convert_error(tmp_path, tmp_path / "missing.pt")
     (tmp_path / "junk.pt").write_bytes(b"this is not a checkpoint at all" * 10)
-    assert "not a PyTorch" in _convert_error(tmp_path, tmp_path / "junk.pt") or "unreadable" in _convert_error(
-        tmp_path, tmp_path / "junk.pt")
+    assert "not a zip-format or legacy-format PyTorch checkpoint" in _convert_error(tmp_path, tmp_path / "junk.pt")
     save_rosinality(tmp_path / "good.pt", tg, torch.zeros(32))
     data = (tmp_path / "good.pt").read_bytes()
     (tmp_path / "trunc.pt").write_bytes(data[: len(data) // 2])
-    assert "unreadable" in _convert_error(tmp_path, tmp_path / "trunc.pt")
+    assert "truncated or corrupt zip-format PyTorch checkpoint" in _convert_error(tmp_path, tmp_path / "trunc.pt")
     torch.save({"state_dict": {"encoder.input_layer.0.weight": torch.zeros(1)}, "latent_avg": torch.zeros(18, 32)},
                tmp_path / "e4e.pt")
     assert "convert_weights e4e" in _convert_error(tmp_path, tmp_path / "e4e.pt")
