@@ -44,5 +44,9 @@ bench: install-test
 bench-train: install-test
 	$(PY) bench/train_step.py --size 256 --batch 2
 
+# every benchmark, sized for the device found (GPU/TPU: 1024 px batch 8; CPU: 256 px batch 2), within 8 minutes
+bench-all: install-test
+	$(PY) bench/all.py
+
 clean:
 	rm -rf $(VENV) runs

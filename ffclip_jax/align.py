@@ -352,6 +352,13 @@ def align_files(files: Sequence[str], output_dir: str, *, predictor=None, landma
 
 # ------------------------------------------------------------------------------------------------------------- CLI
 
+def add_align_argument(parser) -> None:
+    """`--align PREDICTOR` of the tools that take raw photos (invert, edit, studio)."""
+    parser.add_argument("--align", metavar="PREDICTOR",
+                        help="FFHQ-align raw photos first (largest face) with this dlib 68-point landmark predictor "
+                             "file (shape_predictor_68_face_landmarks.dat)")
+
+
 def build_parser() -> argparse.ArgumentParser:
     p = argparse.ArgumentParser(prog="python -m ffclip_jax.align", description=__doc__.split("\n\n")[0])
     p.add_argument("--images", required=True, nargs="+", help="image files and/or folders")

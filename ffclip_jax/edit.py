@@ -33,6 +33,7 @@ import numpy as np
 from ffclip_jax.batching import in_batches, jit_apply
 from ffclip_jax.models.stylegan2 import Generator
 from ffclip_jax.weights import pretrained
+from ffclip_jax.align import add_align_argument
 from ffclip_jax.errors import CheckpointError, InputError, run_cli
 from ffclip_jax.fileio import atomic_write, write_json_atomic
 from ffclip_jax.weights.manifest import WeightsDir, resolve
@@ -280,8 +281,7 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--batch-size", type=int, default=DEFAULT_BATCH)
     p.add_argument("--grid-rows", type=int, default=16, help="sources shown in grid.png")
     p.add_argument("--e4e", help="converted e4e directory to use instead of the weights directory's")
-    p.add_argument("--align", metavar="PREDICTOR",
-                   help="FFHQ-align the photos first with this dlib 68-point landmark predictor file")
+    add_align_argument(p)
     p.add_argument("--clip", help="converted CLIP directory to use instead of the weights directory's")
     p.add_argument("--cache-dir", help="text-embedding cache (default ~/.cache/ffclip_jax/prompt_embeddings)")
     return p

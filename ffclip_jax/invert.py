@@ -23,6 +23,7 @@ import numpy as np
 
 from ffclip_jax import grid
 from ffclip_jax.batching import in_batches, jit_apply
+from ffclip_jax.align import add_align_argument
 from ffclip_jax.errors import CheckpointError, InputError, run_cli
 from ffclip_jax.fileio import atomic_write, write_json_atomic
 
@@ -194,8 +195,7 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--output", required=True, help="latents .npy to write (a .json list of sources is written beside)")
     p.add_argument("--batch-size", type=int, default=8)
     p.add_argument("--no-resize", action="store_true", help="do not resize: images must be the encoder's input size")
-    p.add_argument("--align", metavar="PREDICTOR",
-                   help="FFHQ-align raw photos first with this dlib 68-point landmark predictor file")
+    add_align_argument(p)
     p.add_argument("--generator", help="converted stylegan2 directory for --grid (default: ENCODER/generator)")
     p.add_argument("--grid", help="write a PNG of input | reconstruction rows (first 16 images)")
     return p

@@ -12,6 +12,7 @@ from PIL import Image, ImageDraw
 
 from ffclip_jax import align
 from ffclip_jax.errors import CheckpointError, ConfigError, InputError, run_cli
+from test_invert import encoder_dir  # noqa: F401  (fixture)
 
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 
@@ -412,3 +413,22 @@ def test_same_stem_twice_is_an_error(tmp_path):
     with pytest.raises(InputError, match="would both be written as x.png"):
         align.align_files([str(tmp_path / "a" / "x.png"), str(tmp_path / "b" / "x.png")], str(tmp_path / "out"),
                           landmarks={"x.png": template_68()}, progress=False)
+
+
+def test_invert_align_option_aligns_at_the_encoder_size(predictor_path, drawn_photos, encoder_dir, tmp_path, capsys):
+    """`python -m ffclip_jax.invert --align PREDICTOR`: each photo's largest face FFHQ-aligned at the encoder's input
+    size (e4e's inference) before inversion; photos without a face are listed and skipped."""
+    from ffclip_jax.invert import invert_arrays, load_encoder, main as invert_main
+
+    photos, one, _ = drawn_photos
+    out = tmp_path / "codes.npy"
+    rc = run_cli(invert_main, ["--encoder", encoder_dir, "--images", str(photos / "one.png"), str(photos / "plain.png"),
+                               "--output", str(out), "--align", predictor_path])
+    err = capsys.readouterr().err
+    assert rc == 0, err
+    assert "without a face" in err and "plain.png" in err
+    encoder, variables = load_encoder(encoder_dir)
+    image = np.asarray(Image.open(photos / "one.png"))
+    size = max(encoder.input_size)
+    aligned = align.align_face(image, align.detect_landmarks(image, predictor_path)[0], size, size)
+    np.testing.assert_allclose(np.load(out), invert_arrays(encoder, variables, [aligned], progress=False), atol=1e-6)

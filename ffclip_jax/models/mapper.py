@@ -25,6 +25,12 @@ from ffclip_jax.nn.layers import LayerNorm, Linear, layer_norm, leaky_relu, pixe
 LEAKY_SLOPE = 0.01  # torch.nn.LeakyReLU() default
 
 
+def qkv_projections(features: int, key_features: int):
+    """Upstream's q_matrix, k_matrix, v_matrix: bias-free Linear layers to (features, key_features, features)."""
+    return (Linear(features, use_bias=False), Linear(key_features, use_bias=False),
+            Linear(features, use_bias=False))
+
+
 class ModulationMLP(nn.Module):
     """Upstream `gamma_` / `beta_`: Sequential(Linear, LayerNorm, LeakyReLU(0.01), Linear), (..., C) -> (..., C)."""
     features: int
@@ -48,9 +54,7 @@ class ChannelAttention(nn.Module):
     features: int
 
     def setup(self):
-        self.q_matrix = Linear(self.features, use_bias=False)
-        self.k_matrix = Linear(self.n_latent, use_bias=False)
-        self.v_matrix = Linear(self.features, use_bias=False)
+        self.q_matrix, self.k_matrix, self.v_matrix = qkv_projections(self.features, self.n_latent)
 
     def __call__(self, x, e):
         q = self.q_matrix(x)
@@ -71,9 +75,7 @@ class SemanticModulation(nn.Module):
     features: int
 
     def setup(self):
-        self.q_matrix = Linear(self.features, use_bias=False)
-        self.k_matrix = Linear(self.features, use_bias=False)
-        self.v_matrix = Linear(self.features, use_bias=False)
+        self.q_matrix, self.k_matrix, self.v_matrix = qkv_projections(self.features, self.features)
         self.attention_layer = ChannelAttention(self.n_latent, self.features)
         self.gamma_ = ModulationMLP(self.features)
         self.beta_ = ModulationMLP(self.features)
