@@ -27,8 +27,9 @@ def run_one(framework, form, mode, size, batch, iters, device):
     """Time one configuration in this process; returns a result dict."""
     import numpy as np
 
-    n_latent = 2 * int(np.log2(size)) - 2
-    w_np = np.random.RandomState(0).randn(batch, n_latent, 512).astype(np.float32)
+    from ffclip_jax.models.stylegan2 import n_latent
+
+    w_np = np.random.RandomState(0).randn(batch, n_latent(size), 512).astype(np.float32)
     tg = _torch_generator(size)
     if framework == "torch":
         import torch

@@ -14,7 +14,6 @@ JAX step for abstract inputs (no weights allocated) and prints the compiled prog
 """
 import argparse
 import json
-import math
 import os
 import sys
 
@@ -26,11 +25,12 @@ WEIGHTS = dict(id=0.9, clip=1.0, latent=1.6, background=2.0, embedding=1.0)  # u
 def run_torch(size, batch, iters, device):
     import torch
     import torch.nn.functional as F
+    from ffclip_jax.models.stylegan2 import n_latent as latents_of_size
     from torch_ref import clip as tclip, irse, mapper as tmapper, parsenet, stylegan2
 
     dev = torch.device(device)
     torch.manual_seed(0)
-    n_latent = 2 * int(math.log2(size)) - 2
+    n_latent = latents_of_size(size)
     gen = stylegan2.Generator(size, 512, 8, channel_multiplier=2).to(dev).eval()
     clip = tclip.CLIP(**tclip.VIT_B_32).to(dev).eval()
     arcface = irse.Backbone(112, 50, "ir_se").to(dev).eval()

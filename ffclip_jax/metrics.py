@@ -206,10 +206,7 @@ def compare(source: Mapping[str, jax.Array], edited: Mapping[str, jax.Array], x,
     return out
 
 
-@functools.lru_cache(maxsize=None)
-def _features_fn(nets: MetricNetworks):
-    return jax.jit(functools.partial(image_features, nets=nets))
-
+_features_fn = jax.jit(image_features, static_argnames="nets")  # compiled once per (hashable) set of networks
 
 _compare_fn = jax.jit(compare)
 
@@ -227,7 +224,7 @@ def evaluate(editor, nets: MetricNetworks, variables: Mapping[str, Any], latents
     latents = np.asarray(latents, np.float32)
     n, p = len(latents), len(text_embeddings)
     batch = max(1, min(batch_size, n))
-    features_fn = functools.partial(_features_fn(nets), variables)
+    features_fn = functools.partial(_features_fn, variables, nets=nets)
     names = metric_names(nets.face)
     results = {k: np.full((p, n), np.nan) for k in names}
     k_parts = max((len(e) for e in part_embeddings or []), default=0)

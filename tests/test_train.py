@@ -59,15 +59,20 @@ def tiny_config(assets, cache, **overrides):
 
 
 def parse(capsys, *overrides, config="configs/tiny.py"):
-    """train.py's flag parsing in-process: (config, workdir), or (None, the stderr lines) when it exits."""
+    """train.py's flag parsing in-process: (config, workdir), or (None, the stderr lines) when it exits.
+    (config_flags reads the --config.* overrides from sys.argv, as in a real run.)"""
     argv = ["train.py", "--config", os.path.join(ROOT, config), "--workdir", "w", *overrides]
+    saved, sys.argv = sys.argv, argv
     try:
         train.parse_flags(argv)
         return flags.FLAGS.config, flags.FLAGS.workdir
     except SystemExit as e:
         assert e.code == 2
         return None, capsys.readouterr().err.strip().splitlines()
-    finally:
+    finally:  # one parse per process in real runs: forget the override flags config_flags registered
+        sys.argv = saved
+        for name in [n for n in flags.FLAGS if n.startswith("config.")]:
+            delattr(flags.FLAGS, name)
         flags.FLAGS.unparse_flags()
 
 

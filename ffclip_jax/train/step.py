@@ -61,7 +61,7 @@ def loss_terms(params, frozen, batch, rng, nets: Networks, opts: StepOptions):
     dtype = jnp.dtype(opts.compute_dtype)
     out_dtype = jnp.promote_types(dtype, jnp.float32)  # losses and latents: float32 (float64 in x64 parity tests)
     w = batch["w"].astype(out_dtype)
-    e = frozen["prompts"][batch["prompt"]]
+    e = jnp.asarray(frozen["prompts"])[batch["prompt"]]
     gen_vars = _cast(frozen["generator"], dtype)
     rngs = {"noise": rng} if opts.noise_mode == "random" else None
 
