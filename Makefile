@@ -27,10 +27,12 @@ browser:
 
 demo: install
 	$(PY) train.py --config configs/tiny.py --workdir runs/tiny
-	rm -rf runs/tiny/edits
+	rm -rf runs/tiny/edits runs/tiny/edits-photo
 	$(PY) -m ffclip_jax.edit --weights runs/tiny/weights --text "Bald" --text "Purple hair" --strength 0.5,1 \
 		--random 4 --seed 0 --output runs/tiny/edits
-	@echo "demo done: training grids in runs/tiny/grids/, edits in runs/tiny/edits/ (grid.png)"
+	$(PY) -m ffclip_jax.edit --weights runs/tiny/weights --text "Bald" --text "Purple hair" --strength 0.5,1 \
+		--images runs/tiny/tiny_assets/photos --output runs/tiny/edits-photo
+	@echo "demo done: training grids in runs/tiny/grids/, edits in runs/tiny/edits/ and runs/tiny/edits-photo/ (grid.png)"
 
 test: install-test browser
 	$(PYTEST) tests

@@ -4,7 +4,7 @@ goes here with a comment, and is read in `ffclip_jax/train/`.
 """
 import ml_collections
 
-from ffclip_jax.weights.registry import TRAINING_NETWORKS
+from ffclip_jax.weights.registry import WEIGHTS_NETWORKS
 
 
 def get_config() -> ml_collections.ConfigDict:
@@ -24,8 +24,8 @@ def get_config() -> ml_collections.ConfigDict:
     c.distributed.process_id = -1           # -1 = auto-detected
     c.jit_cache_dir = ""           # persistent XLA compilation cache ("" = off)
 
-    c.weights = ml_collections.ConfigDict()  # converted directories; "" = not used (its loss weight must be 0)
-    for name in TRAINING_NETWORKS:
+    c.weights = ml_collections.ConfigDict()  # converted directories; "" = not used (its loss weight must be 0);
+    for name in WEIGHTS_NETWORKS:             # e4e is only recorded in the export, for editing photos
         c.weights[name] = ""
 
     c.loss = ml_collections.ConfigDict(dict(clip=1.0, embedding=1.0, latent=1.6, id=0.9, background=2.0, moco=0.0,

@@ -3,8 +3,9 @@
     paths = ensure_assets("runs/tiny/tiny_assets")   # {"generator": DIR, "clip": DIR, ..., "data_dir": DIR}
 
 Written once (each directory atomically) and reused: a 32px StyleGAN2 with style_dim 64, a 2-layer CLIP embedding
-text in 64 dims, ArcFace IR-SE50 (it has no smaller variant), a narrow face-parsing UNet, a one-block-per-stage
-ResNet-50 for MoCo, and `ffclip_latents/custom` with synthetic w+ (8 x 64). Random weights: the losses are real
+text in 64 dims, ArcFace IR-SE50 (it has no smaller variant), an e4e encoder on IR-SE50 for 64x64 photos, a narrow
+face-parsing UNet, a one-block-per-stage ResNet-50 for MoCo, `ffclip_latents/custom` with synthetic w+ (8 x 64) and
+`photos/sample.png`, a 64x64 "photo" (a generator image) for the photo path. Random weights: the losses are real
 computations on meaningless networks, good for exercising the code, not for pretty edits.
 """
 from __future__ import annotations
@@ -18,6 +19,8 @@ import numpy as np
 
 GENERATOR = dict(size=32, style_dim=64, n_mlp=2, channel_multiplier=1, channel_max=32)
 ARCFACE = dict(input_size=112, num_layers=50, mode="ir_se")
+E4E = dict(num_layers=50, mode="ir_se", stylegan_size=GENERATOR["size"], style_dim=GENERATOR["style_dim"],
+           input_size=(64, 64))
 PARSENET = dict(feature_scale=16, n_classes=19, is_batchnorm=True)
 MOCO = dict(stage_sizes=(1, 1, 1, 1), width=8)
 DOMAIN = "custom"
@@ -37,9 +40,11 @@ def _random_like(path, leaf, rng: np.random.RandomState) -> np.ndarray:
     return (0.1 * rng.randn(*shape)).astype(np.float32)
 
 
-def _save_flax(directory: str, model: str, module, config, example, seed: int, numpy_fill: bool = False) -> None:
+def _save_flax(directory: str, model: str, module, config, example, seed: int, numpy_fill: bool = False,
+               buffers=None) -> None:
     """Random variables of `module` saved as a converted directory: `module.init`, or a numpy fill of its shapes
-    (`numpy_fill`, for the deep torch.nn-style networks whose init would take long to compile)."""
+    (`numpy_fill`, for the deep torch.nn-style networks whose init would take long to compile); `buffers` replace
+    those of the same name."""
     from ffclip_jax.weights import pretrained
 
     if numpy_fill:
@@ -48,7 +53,21 @@ def _save_flax(directory: str, model: str, module, config, example, seed: int, n
         variables = jax.tree_util.tree_map_with_path(lambda p, leaf: _random_like(p, leaf, rng), shapes)
     else:
         variables = jax.device_get(jax.jit(module.init)(jax.random.PRNGKey(seed), example))
-    pretrained.save(directory, model, config, variables, overwrite=True)
+    if buffers:
+        variables = dict(variables, buffers=dict(variables["buffers"], **buffers))
+    pretrained.save(directory, model, dict(config), variables, overwrite=True)
+
+
+def _save_photo(path: str, generator, variables, w) -> None:
+    """The generator's image of w+ (1, L, D), enlarged to the tiny e4e's input size, as a PNG."""
+    from PIL import Image
+
+    from ffclip_jax.fileio import atomic_write
+    from ffclip_jax.grid import to_uint8
+
+    image = to_uint8(generator.apply(variables, w, input_is_latent=True))[0]
+    photo = Image.fromarray(image).resize(E4E["input_size"][::-1], Image.BICUBIC)
+    atomic_write(path, lambda tmp: photo.save(tmp, format="PNG"))
 
 
 def _save_clip(directory: str, seed: int) -> None:
@@ -64,13 +83,15 @@ def ensure_assets(directory: str, seed: int = 0) -> Dict[str, str]:
     """Create what is missing under `directory`; returns the weights directories and the data dir."""
     from ffclip_jax.weights import pretrained
     from ffclip_jax.models.arcface import Backbone
+    from ffclip_jax.models.e4e import Encoder4Editing
     from ffclip_jax.models.moco import ResNet50
     from ffclip_jax.models.parsenet import UNet
     from ffclip_jax.models.stylegan2 import Generator
 
     directory = os.path.abspath(directory)
-    paths = {name: os.path.join(directory, name) for name in ("generator", "clip", "arcface", "parsenet", "moco")}
+    paths = {name: os.path.join(directory, name) for name in ("generator", "e4e", "clip", "arcface", "parsenet", "moco")}
     paths["data_dir"] = os.path.join(directory, "data")
+    paths["photos"] = os.path.join(directory, "photos")
 
     def missing(name):
         return not os.path.isfile(os.path.join(paths[name], pretrained.META_FILE))
@@ -87,11 +108,16 @@ def ensure_assets(directory: str, seed: int = 0) -> Dict[str, str]:
     if missing("parsenet"):
         _save_flax(paths["parsenet"], "parsenet", UNet(**PARSENET), PARSENET, jnp.zeros((1, 32, 32, 3)), seed + 3,
                    numpy_fill=True)
+    if missing("e4e"):
+        _, gen_vars = pretrained.load(paths["generator"])
+        latent_avg = np.broadcast_to(np.asarray(gen_vars["buffers"]["latent_avg"]), (gen.n_latent, gen.style_dim))
+        _save_flax(paths["e4e"], "e4e", Encoder4Editing(**E4E), E4E, jnp.zeros((1, *E4E["input_size"], 3)), seed + 5,
+                   numpy_fill=True, buffers={"latent_avg": np.ascontiguousarray(latent_avg, np.float32)})
     if missing("moco"):
         _save_flax(paths["moco"], "moco", ResNet50(**MOCO), MOCO, jnp.zeros((1, 64, 64, 3)), seed + 4,
                    numpy_fill=True)
 
-    from ffclip_jax.data import build, dataset_dir, synthetic_latents
+    from ffclip_jax.data import build, dataset_dir, open_split, synthetic_latents
 
     if not os.path.isfile(os.path.join(dataset_dir(paths["data_dir"], DOMAIN), "dataset_info.json")):
         module, variables = pretrained.load(paths["generator"])
@@ -99,4 +125,9 @@ def ensure_assets(directory: str, seed: int = 0) -> Dict[str, str]:
                   for stream, (name, num) in enumerate((("train", NUM_TRAIN), ("test", NUM_TEST)))}
         build(paths["data_dir"], DOMAIN, splits, {"source": "synthetic", "generator": paths["generator"],
                                                   "seed": seed, "truncation": 0.7}, overwrite=True)
+    photo = os.path.join(paths["photos"], "sample.png")
+    if not os.path.isfile(photo):
+        module, variables = pretrained.load(paths["generator"])
+        test = open_split(paths["data_dir"], DOMAIN, "test")
+        _save_photo(photo, module, variables, np.asarray(test[0]["w"], np.float32)[None])
     return paths

@@ -19,7 +19,7 @@ from configs import tiny as tiny_configs
 from ffclip_jax import train as tl
 from ffclip_jax.errors import ConfigError
 from ffclip_jax.train.loop import train_and_evaluate
-from ffclip_jax.weights.registry import TRAINING_NETWORKS
+from ffclip_jax.weights.registry import WEIGHTS_NETWORKS
 from parity import ROOT, load_script
 
 train = load_script("train.py", "ffclip_train")  # defines the --config / --workdir flags
@@ -38,7 +38,7 @@ def tiny_config(assets, cache, **overrides):
     config = tiny_configs.get_config()
     with config.unlocked():
         config.tiny = False
-        for name in TRAINING_NETWORKS:
+        for name in WEIGHTS_NETWORKS:
             config.weights[name] = assets[name]
         config.data_dir = assets["data_dir"]
         config.prompt_cache_dir = str(cache / "prompts")

@@ -18,7 +18,7 @@ from ffclip_jax.train.state import TrainState, abstract_state, make_optimizer
 from ffclip_jax.weights import pretrained
 from ffclip_jax.weights.manifest import EXPORT_HINT, TRAIN_CONFIG as CONFIG_FILE, TRAIN_EXPORT as WEIGHTS_DIR
 from ffclip_jax.weights.manifest import write_manifest
-from ffclip_jax.weights.registry import TRAINING_NETWORKS
+from ffclip_jax.weights.registry import WEIGHTS_NETWORKS
 
 CHECKPOINT_DIR = "checkpoints"
 GRIDS_DIR = "grids"
@@ -99,7 +99,8 @@ def export_weights(workdir: str, out_dir: Optional[str] = None, which: str = "be
     config, mapper, params, step = restore_params(workdir, which)
     out_dir = os.path.abspath(out_dir or os.path.join(workdir, WEIGHTS_DIR))
     mapper_config = dict(n_latent=mapper.n_latent, style_dim=mapper.style_dim, num_blocks=mapper.num_blocks)
-    networks = {name: os.path.abspath(config.weights[name]) for name in TRAINING_NETWORKS if config.weights[name]}
+    networks = {name: os.path.abspath(config.weights[name])
+                for name in WEIGHTS_NETWORKS if config.weights.get(name)}
     with pretrained.atomic_output_dir(out_dir, overwrite=True) as tmp:
         pretrained.write_model_dir(tmp, "ffclip_mapper", mapper_config, {"params": params},
                                    extra={"step": int(step)})

@@ -8,7 +8,7 @@ from typing import Dict, Tuple
 from ffclip_jax.errors import CheckpointError, ConfigError
 from ffclip_jax.train.sharding import DATA_AXIS
 from ffclip_jax.weights import pretrained
-from ffclip_jax.weights.registry import TRAINING_NETWORKS, Entry, entry, network_entry
+from ffclip_jax.weights.registry import NETWORKS, TRAINED_NETWORK, TRAINING_NETWORKS, WEIGHTS_NETWORKS, network_entry
 
 LOSS_TERMS = ("clip", "embedding", "latent", "id", "background", "moco", "image_l1")
 # loss term -> the frozen network it needs (besides the generator)
@@ -85,25 +85,30 @@ def needed_networks(config) -> Tuple[str, ...]:
 
 
 def check_weights(config) -> None:
-    """Every needed `weights.*` directory exists and holds the right model, and `init_from` is an FFCLIP directory:
-    a one-line ConfigError otherwise. Reads only model.json files (runs before anything is compiled)."""
+    """Every needed `weights.*` directory exists and holds the right model (any other one that is set too), and
+    `init_from` is an FFCLIP directory: a one-line ConfigError otherwise. Reads only model.json files (runs before
+    anything is compiled)."""
     terms = active_terms(config)
-    for name in needed_networks(config):
+    needed = needed_networks(config)
+    for name in needed:
         path = config.weights[name]
         users = [f"loss.{t}={terms[t]}" for t in terms if TERM_NETWORK.get(t) == name] or ["rendering"]
         if not path:
             raise ConfigError(f"config.weights.{name} is empty but {', '.join(users)} needs it; convert one with "
                               f"`{network_entry(name).convert_hint}` and pass --config.weights.{name}=DIR")
-        _check_model_dir(f"config.weights.{name}", path, network_entry(name))
+    for name in WEIGHTS_NETWORKS:
+        if config.weights[name]:
+            _check_model_dir(f"config.weights.{name}", config.weights[name], name)
     if config.init_from:
-        _check_model_dir("config.init_from", config.init_from, entry("ffclip_mapper"))
+        _check_model_dir("config.init_from", config.init_from, TRAINED_NETWORK)
 
 
-def _check_model_dir(field: str, path: str, expected: Entry) -> None:
+def _check_model_dir(field: str, path: str, network: str) -> None:
     try:
         meta = pretrained.read_meta(path)
     except CheckpointError as e:
         raise ConfigError(f"{field}={path}: {e}") from None
-    if meta["model"] != expected.model:
-        raise ConfigError(f"{field}={path}: holds a {meta['model']!r} model, expected {expected.model!r} "
-                          f"(`{expected.convert_hint}`)")
+    models = NETWORKS[network]
+    if meta["model"] not in models:
+        raise ConfigError(f"{field}={path}: holds a {meta['model']!r} model, expected "
+                          f"{' or '.join(repr(m) for m in models)} (`{network_entry(network).convert_hint}`)")

@@ -24,7 +24,7 @@ from ffclip_jax.train.config import check_weights, resolve_batch
 from ffclip_jax.train.networks import init_mapper_params, load_networks
 from ffclip_jax.train.state import abstract_state, create_state, make_optimizer
 from ffclip_jax.train.step import make_eval_step, make_train_step, render_edits, step_options
-from ffclip_jax.weights.registry import TRAINING_NETWORKS
+from ffclip_jax.weights.registry import WEIGHTS_NETWORKS
 
 
 def itstime(step: int, every: int, total: int) -> bool:
@@ -80,7 +80,7 @@ def train_and_evaluate(config, workdir: str, *, on_step: Optional[Callable[[int]
 
         assets = tiny.ensure_assets(os.path.join(workdir, "tiny_assets"), seed=config.seed)
         with config.unlocked():
-            for name in TRAINING_NETWORKS:
+            for name in WEIGHTS_NETWORKS:
                 config.weights[name] = config.weights[name] or assets[name]
             config.data_dir = config.data_dir or assets["data_dir"]
     check_weights(config)

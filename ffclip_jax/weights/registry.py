@@ -66,7 +66,11 @@ for _e in ENTRIES:
 # converters in registry order (the generator first: e4e and FFCLIP files may need its latent_avg)
 CONVERTERS: Tuple[str, ...] = tuple(dict.fromkeys(e.converter for e in ENTRIES))
 CONVERTER_NETWORK: Dict[str, str] = {e.converter: e.network for e in ENTRIES}
+TRAINED_NETWORK = "mapper"  # what training produces
+# frozen networks of training (generator, CLIP, the loss networks)
 TRAINING_NETWORKS: Tuple[str, ...] = tuple(dict.fromkeys(e.network for e in ENTRIES if e.trained_with))
+# `config.weights` fields: every network but the trained one; a training export's manifest names those that are set
+WEIGHTS_NETWORKS: Tuple[str, ...] = tuple(dict.fromkeys(e.network for e in ENTRIES if e.network != TRAINED_NETWORK))
 
 
 def entry(model: str) -> Entry:
