@@ -4,7 +4,7 @@ VENV ?= .venv
 PY := $(VENV)/bin/python
 PYTEST := $(PY) -m pytest -q -p no:cacheprovider
 
-.PHONY: install install-test browser demo studio test test-slow bench bench-train bench-all clean
+.PHONY: install install-test install-studio browser demo studio test test-slow bench bench-train bench-all clean
 
 $(VENV)/.installed: setup.cfg pyproject.toml
 	$(PYTHON) -m venv $(VENV)
@@ -18,6 +18,10 @@ $(VENV)/.installed-test: $(VENV)/.installed
 install: $(VENV)/.installed
 
 install-test: $(VENV)/.installed-test
+
+$(VENV)/.installed-studio: $(VENV)/.installed
+	$(PY) -m pip install -q -e '.[studio]'
+	touch $@
 
 # the studio's browser test drives Debian's headless Chromium; installed here when missing and we are root
 browser:
@@ -33,6 +37,11 @@ demo: install
 	$(PY) -m ffclip_jax.edit --weights runs/tiny/weights --text "Bald" --text "Purple hair" --strength 0.5,1 \
 		--images runs/tiny/tiny_assets/photos --output runs/tiny/edits-photo
 	@echo "demo done: training grids in runs/tiny/grids/, edits in runs/tiny/edits/ and runs/tiny/edits-photo/ (grid.png)"
+
+# the edit studio on the tiny default (trained by `make demo` first when missing): http://127.0.0.1:7860
+studio: $(VENV)/.installed-studio
+	@test -f runs/tiny/weights/manifest.json || $(MAKE) demo
+	$(PY) -m ffclip_jax.studio --weights runs/tiny/weights
 
 test: install-test browser
 	$(PYTEST) tests

@@ -133,7 +133,7 @@ def main():
     p.add_argument("--device", action="store_true", help="run on the accelerator (the 1024 model)")
     p.add_argument("--clients", default="1,4,16")
     p.add_argument("--batch-size", type=int, default=8)
-    p.add_argument("--output", default=None)
+    p.add_argument("--json", default=None, help="results file (default bench/results/studio-<device>.json)")
     args = p.parse_args()
     if not args.device:
         os.environ["JAX_PLATFORMS"] = "cpu"
@@ -169,7 +169,7 @@ def main():
     for r in rows:
         print(f"| {r['size']} | {'yes' if r['batching'] else 'no'} | {r['clients']} | {r['requests']} | "
               f"{r['requests_per_s']:.2f} | {r['p50_s']:.3f} | {r['p95_s']:.3f} | {r['frame_ms']:.1f} |")
-    out = args.output or os.path.join(common.ROOT, "bench", "results", f"studio-{device}.json")
+    out = args.json or os.path.join(common.ROOT, "bench", "results", f"studio-{device}.json")
     os.makedirs(os.path.dirname(out), exist_ok=True)
     common.write_results(out, dict(hardware=common.hardware(), batch_size=args.batch_size, quick=args.quick,
                                    results=rows))

@@ -180,11 +180,12 @@ class MetricNetworks:
 
 def image_features(variables: Mapping[str, Any], x, *, nets: MetricNetworks) -> Dict[str, jax.Array]:
     """What the metrics compare, for images x (B, H, W, 3): normalised CLIP features `clip`, and `arcface` features
-    and the parser's background `mask` (faces) or `moco` features. Computed alike for sources and edits."""
+    and (with a parser) the background `mask` (faces) or `moco` features. Computed alike for sources and edits."""
     out = {"clip": clip_image_features((nets.clip, variables["clip"]), x)}
     if nets.face:
         out["arcface"] = arcface_features((nets.arcface, variables["arcface"]), x)
-        out["mask"] = losses.background_mask((nets.parsenet, variables["parsenet"]), jnp.clip(x, -1.0, 1.0))
+        if nets.parsenet is not None:
+            out["mask"] = losses.background_mask((nets.parsenet, variables["parsenet"]), jnp.clip(x, -1.0, 1.0))
     else:
         out["moco"] = losses.moco_features((nets.moco, variables["moco"]), jnp.clip(x, -1.0, 1.0))
     return out
@@ -200,9 +201,10 @@ def compare(source: Mapping[str, jax.Array], edited: Mapping[str, jax.Array], x,
     out.update(latent_change(w, w_hat))
     if "arcface" in source:
         out["identity"] = jnp.sum(source["arcface"] * edited["arcface"], axis=-1)
-        out.update(background_preservation(x, x_hat, source["mask"] * edited["mask"]))
     else:
         out["moco_similarity"] = jnp.sum(source["moco"] * edited["moco"], axis=-1)
+    if "mask" in source:
+        out.update(background_preservation(x, x_hat, source["mask"] * edited["mask"]))
     return out
 
 

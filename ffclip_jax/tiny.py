@@ -79,27 +79,27 @@ def _save_clip(directory: str, seed: int) -> None:
     pretrained.save_clip(directory, config, variables, extra={"source": "ffclip_jax.tiny (random)"}, overwrite=True)
 
 
-def ensure_assets(directory: str, seed: int = 0) -> Dict[str, str]:
-    """Create what is missing under `directory`; returns the weights directories and the data dir."""
-    from ffclip_jax.weights import pretrained
+NETWORKS = ("generator", "e4e", "clip", "arcface", "parsenet", "moco")
+
+
+def ensure_networks(directory: str, seed: int = 0) -> Dict[str, str]:
+    """Create the random networks missing under `directory`; returns {network: converted directory}."""
     from ffclip_jax.models.arcface import Backbone
     from ffclip_jax.models.e4e import Encoder4Editing
     from ffclip_jax.models.moco import ResNet50
     from ffclip_jax.models.parsenet import UNet
     from ffclip_jax.models.stylegan2 import Generator
+    from ffclip_jax.weights import pretrained
 
     directory = os.path.abspath(directory)
-    paths = {name: os.path.join(directory, name) for name in ("generator", "e4e", "clip", "arcface", "parsenet", "moco")}
-    paths["data_dir"] = os.path.join(directory, "data")
-    paths["photos"] = os.path.join(directory, "photos")
+    paths = {name: os.path.join(directory, name) for name in NETWORKS}
 
     def missing(name):
         return not os.path.isfile(os.path.join(paths[name], pretrained.META_FILE))
 
     gen = Generator(**GENERATOR)
     if missing("generator"):
-        _save_flax(paths["generator"], "stylegan2", gen, GENERATOR,
-                   jnp.zeros((1, gen.style_dim)), seed)
+        _save_flax(paths["generator"], "stylegan2", gen, GENERATOR, jnp.zeros((1, gen.style_dim)), seed)
     if missing("clip"):
         _save_clip(paths["clip"], seed + 1)
     if missing("arcface"):
@@ -108,17 +108,26 @@ def ensure_assets(directory: str, seed: int = 0) -> Dict[str, str]:
     if missing("parsenet"):
         _save_flax(paths["parsenet"], "parsenet", UNet(**PARSENET), PARSENET, jnp.zeros((1, 32, 32, 3)), seed + 3,
                    numpy_fill=True)
-    if missing("e4e"):
+    if missing("moco"):
+        _save_flax(paths["moco"], "moco", ResNet50(**MOCO), MOCO, jnp.zeros((1, 64, 64, 3)), seed + 4,
+                   numpy_fill=True)
+    if missing("e4e"):  # e4e adds the generator's latent_avg to every code
         _, gen_vars = pretrained.load(paths["generator"])
         latent_avg = np.broadcast_to(np.asarray(gen_vars["buffers"]["latent_avg"]), (gen.n_latent, gen.style_dim))
         _save_flax(paths["e4e"], "e4e", Encoder4Editing(**E4E), E4E, jnp.zeros((1, *E4E["input_size"], 3)), seed + 5,
                    numpy_fill=True, buffers={"latent_avg": np.ascontiguousarray(latent_avg, np.float32)})
-    if missing("moco"):
-        _save_flax(paths["moco"], "moco", ResNet50(**MOCO), MOCO, jnp.zeros((1, 64, 64, 3)), seed + 4,
-                   numpy_fill=True)
+    return paths
 
+
+def ensure_assets(directory: str, seed: int = 0) -> Dict[str, str]:
+    """`ensure_networks`, the synthetic latents data set and the sample photo: {network: directory, "data_dir": DIR,
+    "photos": DIR}, creating what is missing."""
     from ffclip_jax.data import build, dataset_dir, open_split, synthetic_latents
+    from ffclip_jax.weights import pretrained
 
+    directory = os.path.abspath(directory)
+    paths = dict(ensure_networks(directory, seed), data_dir=os.path.join(directory, "data"),
+                 photos=os.path.join(directory, "photos"))
     if not os.path.isfile(os.path.join(dataset_dir(paths["data_dir"], DOMAIN), "dataset_info.json")):
         module, variables = pretrained.load(paths["generator"])
         splits = {name: synthetic_latents(module, variables, num, seed=seed, stream=stream, truncation=0.7)
