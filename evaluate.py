@@ -18,6 +18,7 @@ import sys
 import numpy as np
 
 from ffclip_jax.errors import CheckpointError, InputError, run_cli
+from ffclip_jax.text.embeddings import add_cache_dir_argument
 
 DOMAIN_NETWORKS = {"face": ("arcface", "parsenet"), "other": ("moco",)}
 
@@ -36,7 +37,7 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--strength", type=float, default=1.0, help="edit strength (1 = upstream FFCLIP)")
     p.add_argument("--domain", choices=("auto", "face", "other"), default="auto")
     p.add_argument("--batch-size", type=int, default=8)
-    p.add_argument("--cache-dir", help="text-embedding cache (default ~/.cache/ffclip_jax/prompt_embeddings)")
+    add_cache_dir_argument(p)
     p.add_argument("--force", action="store_true", help="replace an existing --output directory")
     return p
 

@@ -30,12 +30,13 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 
-from ffclip_jax.batching import in_batches, jit_apply
-from ffclip_jax.models.stylegan2 import Generator
-from ffclip_jax.weights import pretrained
 from ffclip_jax.align import add_align_argument
+from ffclip_jax.batching import in_batches, jit_apply
 from ffclip_jax.errors import CheckpointError, InputError, run_cli
 from ffclip_jax.fileio import atomic_write, write_json_atomic
+from ffclip_jax.models.stylegan2 import Generator
+from ffclip_jax.text.embeddings import add_cache_dir_argument, prompt_embeddings
+from ffclip_jax.weights import pretrained
 from ffclip_jax.weights.manifest import WeightsDir, resolve
 
 DEFAULT_BATCH = 8
@@ -147,15 +148,12 @@ class Editor:
     def text_embeddings(self, prompts: Sequence[str]) -> np.ndarray:
         """(P, D) CLIP `encode_text` of each prompt, computed once per prompt (kept in memory and in the on-disk
         cache of `ffclip_jax.text.embeddings.prompt_embeddings`)."""
-        from ffclip_jax.text.embeddings import prompt_embeddings
-
         prompts = check_prompts(prompts)
         for p in prompts:
             if p not in self._embeddings:
                 if self.clip is None:
                     raise self._missing("CLIP model", "text prompts")
-                self._embeddings[p] = prompt_embeddings(self.clip_dir, [p], self.cache_dir,
-                                                                 clip=self.clip)[0]
+                self._embeddings[p] = prompt_embeddings(self.clip_dir, [p], self.cache_dir, clip=self.clip)[0]
         return np.stack([self._embeddings[p] for p in prompts])
 
     def source_latents(self, images_or_latents) -> np.ndarray:
@@ -283,7 +281,7 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--e4e", help="converted e4e directory to use instead of the weights directory's")
     add_align_argument(p)
     p.add_argument("--clip", help="converted CLIP directory to use instead of the weights directory's")
-    p.add_argument("--cache-dir", help="text-embedding cache (default ~/.cache/ffclip_jax/prompt_embeddings)")
+    add_cache_dir_argument(p)
     return p
 
 
@@ -296,8 +294,6 @@ def main(argv=None) -> None:
     args = build_parser().parse_args(argv)
     prompts = list(dict.fromkeys(check_prompts(args.text)))
     strengths = parse_strengths(args.strength)
-    if args.batch_size < 1:
-        raise InputError(f"--batch-size must be >= 1, got {args.batch_size}")
     weights = resolve(args.weights).with_overrides(e4e=args.e4e, clip=args.clip)
     mapper_config = pretrained.read_meta(weights.path("mapper"))["config"]
     if args.images:

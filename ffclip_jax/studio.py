@@ -31,6 +31,7 @@ import numpy as np
 
 from ffclip_jax.align import add_align_argument
 from ffclip_jax.errors import FFCLIPError, InputError, run_cli
+from ffclip_jax.text.embeddings import add_cache_dir_argument
 
 MAX_PROMPTS = 8
 MAX_SOURCES = 8
@@ -765,14 +766,12 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--auth-file", help="file of user:password lines (Gradio auth)")
     p.add_argument("--batch-size", type=int, default=8, help="rows per device call (the jit batch)")
     p.add_argument("--no-batching", action="store_true", help="run edit requests one at a time (benchmarks)")
-    p.add_argument("--cache-dir", help="text-embedding cache (default ~/.cache/ffclip_jax/prompt_embeddings)")
+    add_cache_dir_argument(p)
     return p
 
 
 def main(argv=None) -> None:
     args = build_parser().parse_args(argv)
-    if args.batch_size < 1:
-        raise InputError(f"--batch-size must be >= 1, got {args.batch_size}")
     auth = _read_auth(args.auth_file) if args.auth_file else None
     if args.align and not os.path.isfile(args.align):
         raise InputError(f"--align {args.align}: no such file")

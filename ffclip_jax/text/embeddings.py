@@ -45,6 +45,11 @@ def encode_text(clip: Network, prompts: Union[Sequence[str], np.ndarray], batch_
     return np.concatenate(out)[:n]
 
 
+def add_cache_dir_argument(parser) -> None:
+    """`--cache-dir` of the tools that embed prompts (edit, evaluate, studio)."""
+    parser.add_argument("--cache-dir", help=f"text-embedding cache (default {default_cache_dir()})")
+
+
 def default_cache_dir() -> str:
     base = os.environ.get("XDG_CACHE_HOME") or os.path.join(os.path.expanduser("~"), ".cache")
     return os.path.join(base, "ffclip_jax", "prompt_embeddings")
