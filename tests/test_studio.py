@@ -294,8 +294,8 @@ def test_api(server, editor):
         assert close(np.asarray(Image.open(item["image"]).convert("RGB")), want2[0, j, 0])
     anim, sweep_lat, status = c.predict(token, s, 4, api_name="/sweep")
     steps = np.linspace(0, s, 4).astype(np.float32)
-    ws = np.load(sweep_lat)
-    np.testing.assert_allclose(ws[-1], r.latents[0, 0, 0], atol=1e-4)
+    ws = np.load(sweep_lat)  # w + t * delta for t from 0 to the strength, delta = (edit at s - w) / s
+    np.testing.assert_allclose(ws, w[0] + steps[:, None, None] / s * (r.latents[0, 0, 0] - w[0]), atol=1e-4)
     frames = Image.open(anim)
     assert frames.n_frames == 4
     frames.seek(3)

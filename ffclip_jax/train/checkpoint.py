@@ -16,7 +16,7 @@ from ffclip_jax.models.stylegan2 import Generator
 from ffclip_jax.train.sharding import make_mesh, state_sharding
 from ffclip_jax.train.state import TrainState, abstract_state, make_optimizer
 from ffclip_jax.weights import pretrained
-from ffclip_jax.weights.manifest import EXPORT_HINT, TRAIN_CONFIG as CONFIG_FILE, TRAIN_EXPORT as WEIGHTS_DIR
+from ffclip_jax.weights.manifest import TRAIN_CONFIG as CONFIG_FILE, TRAIN_EXPORT as WEIGHTS_DIR
 from ffclip_jax.weights.manifest import write_manifest
 from ffclip_jax.weights.registry import WEIGHTS_NETWORKS
 

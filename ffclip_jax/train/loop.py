@@ -24,6 +24,7 @@ from ffclip_jax.train.config import check_weights, resolve_batch
 from ffclip_jax.train.networks import init_mapper_params, load_networks
 from ffclip_jax.train.state import abstract_state, create_state, make_optimizer
 from ffclip_jax.train.step import make_eval_step, make_train_step, render_edits, step_options
+from ffclip_jax.weights.manifest import EXPORT_HINT
 from ffclip_jax.weights.registry import WEIGHTS_NETWORKS
 
 
@@ -227,7 +228,7 @@ def train_and_evaluate(config, workdir: str, *, on_step: Optional[Callable[[int]
         where = f"best checkpoint: {manager.directory}/{best['step']} (val_loss {best['val_loss']:.4f})" if best else \
             f"latest checkpoint: {manager.directory}/{step}"
         export = (f"weights for `python -m ffclip_jax.edit --weights {weights}`" if weights else
-                  f"export with `{ckpt.EXPORT_HINT.format(workdir=workdir)}`")
+                  f"export with `{EXPORT_HINT.format(workdir=workdir)}`")
         print(f"done: {step} steps. {where}; grids: {grids_dir}/ (last {last_grid}); {export}; "
               f"TensorBoard: tensorboard --logdir {workdir}/tb", flush=True)
     return {"preempted": False, "step": step, "workdir": workdir, "best": best, "weights": weights,

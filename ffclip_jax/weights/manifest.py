@@ -14,7 +14,7 @@ from __future__ import annotations
 import dataclasses
 import json
 import os
-from typing import Dict, Optional, Tuple
+from typing import Dict, Optional
 
 from ffclip_jax.errors import CheckpointError
 from ffclip_jax.fileio import write_json_atomic
