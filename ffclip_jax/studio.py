@@ -164,7 +164,7 @@ class Studio:
                 from ffclip_jax.align import load_predictor
                 self._predictor = load_predictor(self.align_predictor)
             size = max(tuple(self.editor.encoder[0].input_size)) if self.editor.encoder else 256
-            aligned, skipped = align_images([arr], self._predictor, size)
+            aligned, skipped = align_images([arr], self._predictor, size, transform_size=size)  # as invert --align
             if skipped:
                 raise InputError(f"{name}: no face found to align")
             arr = aligned[0]
