@@ -432,3 +432,21 @@ def test_invert_align_option_aligns_at_the_encoder_size(predictor_path, drawn_ph
     size = max(encoder.input_size)
     aligned = align.align_face(image, align.detect_landmarks(image, predictor_path)[0], size, size)
     np.testing.assert_allclose(np.load(out), invert_arrays(encoder, variables, [aligned], progress=False), atol=1e-6)
+
+
+def test_studio_align_option(predictor_path, drawn_photos, tmp_path):
+    """The studio's --align: an uploaded photo's largest face aligned at the encoder's input size, as invert --align
+    does; a photo without a face is a message."""
+    import types
+
+    from ffclip_jax.studio import Studio
+
+    photos, _, _ = drawn_photos
+    encoder = types.SimpleNamespace(input_size=(32, 32))
+    studio = Studio(types.SimpleNamespace(encoder=(encoder, None)), str(tmp_path / "work"),
+                    align_predictor=predictor_path)
+    image = np.asarray(Image.open(photos / "one.png"))
+    want = align.align_face(image, align.detect_landmarks(image, predictor_path)[0], 32, 32)
+    np.testing.assert_array_equal(studio.read_photo(str(photos / "one.png")), want)
+    with pytest.raises(InputError, match="no face found"):
+        studio.read_photo(str(photos / "plain.png"))

@@ -385,3 +385,19 @@ def test_load(server, editor):
     log = server["output"]()
     sizes = [int(l.split("edit: ")[1].split()[0]) for l in log.splitlines() if "request(s)" in l]
     assert max(sizes) > 1, "no batched edit call in the server log"
+
+
+def test_auth_file(tmp_path):
+    """--auth-file: user:password lines (comments and blank lines skipped); a bad or empty file is a one-line error."""
+    from ffclip_jax.errors import InputError
+    from ffclip_jax.studio import _read_auth
+
+    good = tmp_path / "auth"
+    good.write_text("# who may edit\nalice:secret\n\nbob:pa:ss\n")
+    assert _read_auth(str(good)) == [("alice", "secret"), ("bob", "pa:ss")]
+    for text, message in (("alice\n", "line 1: expected user:password"), ("# nobody\n", "no user:password line")):
+        good.write_text(text)
+        with pytest.raises(InputError, match=message):
+            _read_auth(str(good))
+    with pytest.raises(InputError, match="unreadable"):
+        _read_auth(str(tmp_path / "missing"))
