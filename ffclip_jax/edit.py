@@ -253,14 +253,6 @@ def _cell(images: np.ndarray, size: int) -> np.ndarray:
     return np.stack([np.asarray(Image.fromarray(a).resize((size, size), Image.BOX)) for a in to_uint8(images)])
 
 
-def _save_png(path: str, image: np.ndarray) -> None:
-    from PIL import Image
-
-    from ffclip_jax.grid import to_uint8
-
-    atomic_write(path, lambda tmp: Image.fromarray(to_uint8(image)).save(tmp, format="PNG"))
-
-
 def build_parser() -> argparse.ArgumentParser:
     p = argparse.ArgumentParser(prog="python -m ffclip_jax.edit", description=__doc__.split("\n\n")[0])
     p.add_argument("--weights", required=True,
@@ -289,7 +281,7 @@ def main(argv=None) -> None:
     from tqdm import tqdm
 
     from ffclip_jax import invert as invert_lib
-    from ffclip_jax.grid import save_grid
+    from ffclip_jax.grid import save_grid, save_png
 
     args = build_parser().parse_args(argv)
     prompts = list(dict.fromkeys(check_prompts(args.text)))
@@ -332,10 +324,10 @@ def main(argv=None) -> None:
             r = editor.edit(w[start:start + chunk], prompts, strengths)
             edited.append(r.latents)
             for i, name in enumerate(names[start:start + chunk]):
-                _save_png(os.path.join(args.output, f"{name}__reconstruction.png"), r.reconstructions[i])
+                save_png(os.path.join(args.output, f"{name}__reconstruction.png"), r.reconstructions[i])
                 for j, pn in enumerate(prompt_names):
                     for k, sn in enumerate(strength_names):
-                        _save_png(os.path.join(args.output, f"{name}__{pn}__{sn}.png"), r.images[i, j, k])
+                        save_png(os.path.join(args.output, f"{name}__{pn}__{sn}.png"), r.images[i, j, k])
             keep = max(0, min(args.grid_rows - start, len(r.source_latents)))
             if keep:
                 size = min(GRID_CELL, r.images.shape[-2])

@@ -71,6 +71,14 @@ def _fit(draw, text: str, font, width: int) -> str:
     return text + "..."
 
 
+def save_png(path: str, image) -> str:
+    """One (H, W, 3) image ([-1, 1] floats or uint8) as PNG, written atomically; returns `path`."""
+    from PIL import Image
+
+    atomic_write(path, lambda tmp: Image.fromarray(to_uint8(image)).save(tmp, format="PNG"))
+    return path
+
+
 def save_grid(path: str, images, column_labels=None, row_labels=None, min_cell: int = 128) -> str:
     """Write the grid as PNG atomically (temporary file + rename); returns `path`."""
     grid = make_grid(images, column_labels, row_labels, min_cell)

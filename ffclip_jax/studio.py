@@ -31,6 +31,7 @@ import numpy as np
 
 from ffclip_jax.align import add_align_argument
 from ffclip_jax.errors import FFCLIPError, InputError, run_cli
+from ffclip_jax.grid import save_png
 from ffclip_jax.text.embeddings import add_cache_dir_argument
 
 MAX_PROMPTS = 8
@@ -73,9 +74,8 @@ class Studio:
         self._cache: "collections.OrderedDict[str, Dict]" = collections.OrderedDict()
         self._cache_entries = cache_entries
         self._lock = threading.Lock()
-        self._device_lock = threading.Lock()
-        # every device call runs on this one thread: big temporary buffers come from one malloc arena, so the
-        # server's memory stays flat whichever Gradio worker thread serves a request
+        # every device call runs on this one thread, one at a time (`on_device`): big temporary buffers come from
+        # one malloc arena, so the server's memory stays flat whichever Gradio worker thread serves a request
         import concurrent.futures
         self._device = concurrent.futures.ThreadPoolExecutor(max_workers=1, thread_name_prefix="studio-device")
         self.last_frame_ms: Optional[float] = None
@@ -320,72 +320,71 @@ class Studio:
             except FFCLIPError as e:
                 parsed.append(dict(error=str(e)))
         ed = self.editor
-        with self._device_lock:
-            # sources
-            images = [(i, p["value"]) for i, p in enumerate(parsed) if p.get("kind") == "images"]
-            if images:
+        # sources
+        images = [(i, p["value"]) for i, p in enumerate(parsed) if p.get("kind") == "images"]
+        if images:
+            try:
+                codes = ed.invert([v for _, v in images])
+                for (i, _), c in zip(images, codes):
+                    parsed[i]["w"] = c[None]
+            except FFCLIPError as e:
+                for i, _ in images:
+                    parsed[i] = dict(error=str(e))
+        rnd = [(i, p["value"]) for i, p in enumerate(parsed) if p.get("kind") == "random"]
+        if rnd:
+            ws = self.sample_rows([v[0] for _, v in rnd], [v[1] for _, v in rnd])
+            for (i, _), w in zip(rnd, ws):
+                parsed[i]["w"] = w[None]
+        for p in parsed:
+            if p.get("kind") == "latents":
+                p["w"] = p["value"]
+        # text
+        for p in parsed:
+            if "error" not in p:
                 try:
-                    codes = ed.invert([v for _, v in images])
-                    for (i, _), c in zip(images, codes):
-                        parsed[i]["w"] = c[None]
+                    p["e"] = ed.text_embeddings(p["prompts"])
                 except FFCLIPError as e:
-                    for i, _ in images:
-                        parsed[i] = dict(error=str(e))
-            rnd = [(i, p["value"]) for i, p in enumerate(parsed) if p.get("kind") == "random"]
-            if rnd:
-                ws = self.sample_rows([v[0] for _, v in rnd], [v[1] for _, v in rnd])
-                for (i, _), w in zip(rnd, ws):
-                    parsed[i]["w"] = w[None]
-            for p in parsed:
-                if p.get("kind") == "latents":
-                    p["w"] = p["value"]
-            # text
-            for p in parsed:
-                if "error" not in p:
-                    try:
-                        p["e"] = ed.text_embeddings(p["prompts"])
-                    except FFCLIPError as e:
-                        p.clear()
-                        p["error"] = str(e)
-            ok = [p for p in parsed if "error" not in p]
-            # rows: (request, source, prompt) at the chosen strength and at 1 (for the slider's delta)
-            rows_w, rows_e, rows_s = [], [], []
+                    p.clear()
+                    p["error"] = str(e)
+        ok = [p for p in parsed if "error" not in p]
+        # rows: (request, source, prompt) at the chosen strength and at 1 (for the slider's delta)
+        rows_w, rows_e, rows_s = [], [], []
+        for p in ok:
+            n, k = len(p["w"]), len(p["prompts"])
+            w = np.repeat(p["w"], k, axis=0)
+            e = np.tile(p["e"], (n, 1))
+            rows_w += [w, w]
+            rows_e += [e, e]
+            rows_s += [np.full(n * k, p["strength"], np.float32), np.ones(n * k, np.float32)]
+        if ok:
+            w_all, e_all = np.concatenate(rows_w), np.concatenate(rows_e)
+            mapped = self.map_rows(w_all, e_all, np.concatenate(rows_s))
+            srcs = np.concatenate([p["w"] for p in ok])
+            edited_rows, pos = [], 0
+            for p in ok:
+                m = len(p["w"]) * len(p["prompts"])
+                p["w_hat"] = mapped[pos:pos + m]
+                p["delta"] = mapped[pos + m:pos + 2 * m] - w_all[pos:pos + m]
+                edited_rows.append(p["w_hat"])
+                pos += 2 * m
+            edited = np.concatenate(edited_rows)
+            rendered = self.render(np.concatenate([srcs, edited]))
+            recon_all, x_hat_all = rendered[:len(srcs)], rendered[len(srcs):]
+            # scores: source image of each row vs its edit
+            x_rows = np.concatenate([np.repeat(recon_all[a:a + len(p["w"])], len(p["prompts"]), axis=0)
+                                     for p, a in zip(ok, np.cumsum([0] + [len(p["w"]) for p in ok]))])
+            e_rows = np.concatenate([np.tile(p["e"], (len(p["w"]), 1)) for p in ok])
+            want = np.concatenate([np.full(len(p["w"]) * len(p["prompts"]), p["scores_on"]) for p in ok])
+            sc = np.full((len(want), len(self.score_names)), np.nan)
+            if want.any():
+                sc[want] = self.scores(x_rows[want], x_hat_all[want], e_rows[want])
+            a = b = 0
             for p in ok:
                 n, k = len(p["w"]), len(p["prompts"])
-                w = np.repeat(p["w"], k, axis=0)
-                e = np.tile(p["e"], (n, 1))
-                rows_w += [w, w]
-                rows_e += [e, e]
-                rows_s += [np.full(n * k, p["strength"], np.float32), np.ones(n * k, np.float32)]
-            if ok:
-                w_all, e_all = np.concatenate(rows_w), np.concatenate(rows_e)
-                mapped = self.map_rows(w_all, e_all, np.concatenate(rows_s))
-                srcs = np.concatenate([p["w"] for p in ok])
-                edited_rows, pos = [], 0
-                for p in ok:
-                    m = len(p["w"]) * len(p["prompts"])
-                    p["w_hat"] = mapped[pos:pos + m]
-                    p["delta"] = mapped[pos + m:pos + 2 * m] - w_all[pos:pos + m]
-                    edited_rows.append(p["w_hat"])
-                    pos += 2 * m
-                edited = np.concatenate(edited_rows)
-                rendered = self.render(np.concatenate([srcs, edited]))
-                recon_all, x_hat_all = rendered[:len(srcs)], rendered[len(srcs):]
-                # scores: source image of each row vs its edit
-                x_rows = np.concatenate([np.repeat(recon_all[a:a + len(p["w"])], len(p["prompts"]), axis=0)
-                                         for p, a in zip(ok, np.cumsum([0] + [len(p["w"]) for p in ok]))])
-                e_rows = np.concatenate([np.tile(p["e"], (len(p["w"]), 1)) for p in ok])
-                want = np.concatenate([np.full(len(p["w"]) * len(p["prompts"]), p["scores_on"]) for p in ok])
-                sc = np.full((len(want), len(self.score_names)), np.nan)
-                if want.any():
-                    sc[want] = self.scores(x_rows[want], x_hat_all[want], e_rows[want])
-                a = b = 0
-                for p in ok:
-                    n, k = len(p["w"]), len(p["prompts"])
-                    p["recon"] = recon_all[a:a + n]
-                    p["x_hat"] = x_hat_all[b:b + n * k]
-                    p["scores"] = sc[b:b + n * k]
-                    a, b = a + n, b + n * k
+                p["recon"] = recon_all[a:a + n]
+                p["x_hat"] = x_hat_all[b:b + n * k]
+                p["scores"] = sc[b:b + n * k]
+                a, b = a + n, b + n * k
         out = []
         for p in parsed:
             if "error" in p:
@@ -402,7 +401,7 @@ class Studio:
                      strength=p["strength"], source_kind=p["kind"])
         token = self._put(entry)
         d = entry["dir"]
-        entry["recon_paths"] = [_write_png(os.path.join(d, f"source{i}__reconstruction.png"), p["recon"][i])
+        entry["recon_paths"] = [save_png(os.path.join(d, f"source{i}__reconstruction.png"), p["recon"][i])
                                 for i in range(n)]
         x_hat = p["x_hat"].reshape((n, k) + p["x_hat"].shape[1:])
         res = self._edit_outputs(entry, x_hat, p["w_hat"].reshape((n, k) + p["w"].shape[1:]), p["strength"], "edit")
@@ -426,7 +425,7 @@ class Studio:
         gallery, pngs = [], []
         for i in range(n):
             for j, prompt in enumerate(entry["prompts"]):
-                path = _write_png(os.path.join(sub, f"source{i}__{names[j]}__{strength:g}.png"), x_hat[i, j])
+                path = save_png(os.path.join(sub, f"source{i}__{names[j]}__{strength:g}.png"), x_hat[i, j])
                 pngs.append(path)
                 caption = f"{prompt} · {strength:g}" + (f" (source {i})" if n > 1 else "")
                 gallery.append((path, caption))
@@ -456,8 +455,7 @@ class Studio:
         n, k = delta.shape[:2]
         w_hat = (w[:, None] + np.float32(s) * delta).astype(np.float32)
         t0 = time.perf_counter()
-        with self._device_lock:
-            x = self.render(w_hat.reshape((n * k,) + w.shape[1:]), small=True)
+        x = self.render(w_hat.reshape((n * k,) + w.shape[1:]), small=True)
         dt = time.perf_counter() - t0
         self.last_frame_ms = 1000 * dt / (n * k)
         _log(f"re-render: {n * k} frame(s) at strength {s:g} in {dt * 1000:.1f} ms "
@@ -485,8 +483,7 @@ class Studio:
         steps = np.linspace(0.0, s, frames).astype(np.float32)
         w, delta = entry["w"][0], entry["delta"][0, 0]
         ws = (w[None] + steps[:, None, None] * delta[None]).astype(np.float32)
-        with self._device_lock:
-            x = to_uint8(self.render(ws))
+        x = to_uint8(self.render(ws))
         sub = os.path.join(entry["dir"], f"sweep_{uuid.uuid4().hex[:8]}")
         os.makedirs(sub, exist_ok=True)
         anim = os.path.join(sub, "sweep.webp")
@@ -507,12 +504,11 @@ class Studio:
             seed, truncation = int(seed), float(truncation)
         except (TypeError, ValueError):
             raise InputError("seed must be an integer and truncation a number") from None
-        with self._device_lock:
-            w = self.sample_rows([seed], [truncation])
-            x = self.render(w)
+        w = self.sample_rows([seed], [truncation])
+        x = self.render(w)
         d = os.path.join(self.workdir, "out", "samples", uuid.uuid4().hex[:12])
         os.makedirs(d, exist_ok=True)
-        png = _write_png(os.path.join(d, f"sample_seed{seed}.png"), x[0])
+        png = save_png(os.path.join(d, f"sample_seed{seed}.png"), x[0])
         lat = os.path.join(d, f"sample_seed{seed}.npy")
         atomic_write(lat, lambda tmp: np.save(tmp, w))
         return dict(image=png, latents=lat)
@@ -524,34 +520,15 @@ def _path_of(value) -> str:
     return os.fspath(getattr(value, "name", value))
 
 
-def _write_png(path: str, image) -> str:
-    from PIL import Image
-
-    from ffclip_jax.fileio import atomic_write
-    from ffclip_jax.grid import to_uint8
-
-    atomic_write(path, lambda tmp: Image.fromarray(to_uint8(image)).save(tmp, format="PNG"))
-    return path
-
-
 # ---------------------------------------------------------------------------------------------------------------
 # loading
 
 
 def domain_prompts(weights) -> List[str]:
     """The manifest's "prompts" field (a list, or a built-in list name / file), else the FFHQ list."""
-    import json
-
     from ffclip_jax.text.prompts import load_prompts
 
-    path = os.path.join(weights.root, "manifest.json") if weights is not None else None
-    field = None
-    if path and os.path.isfile(path):
-        try:
-            with open(path) as f:
-                field = json.load(f).get("prompts")
-        except (OSError, ValueError):
-            field = None
+    field = weights.manifest.get("prompts") if weights is not None else None
     if isinstance(field, list) and all(isinstance(p, str) for p in field) and field:
         return field
     if isinstance(field, str):

@@ -14,7 +14,7 @@ from __future__ import annotations
 import dataclasses
 import json
 import os
-from typing import Dict, Optional
+from typing import Any, Dict, Optional, Tuple
 
 from ffclip_jax.errors import CheckpointError
 from ffclip_jax.fileio import write_json_atomic
@@ -27,9 +27,11 @@ EXPORT_HINT = "python -c \"from ffclip_jax.train.checkpoint import export_weight
 
 @dataclasses.dataclass(frozen=True)
 class WeightsDir:
-    """The networks of a weights directory: `networks` maps a network name to an absolute directory."""
+    """The networks of a weights directory: `networks` maps a network name to an absolute directory; `manifest`
+    holds the manifest's other fields (the trainer's prompt list and domain, ...), empty without a manifest."""
     root: str
     networks: Dict[str, str]
+    manifest: Dict[str, Any] = dataclasses.field(default_factory=dict)
 
     def has(self, network: str) -> bool:
         return network in self.networks
@@ -56,7 +58,8 @@ class WeightsDir:
         return dataclasses.replace(self, networks={**self.networks, **extra})
 
 
-def _read_manifest(directory: str) -> Dict[str, str]:
+def _read_manifest(directory: str) -> Tuple[Dict[str, str], Dict[str, Any]]:
+    """(networks as absolute directories, the manifest's other fields) of DIRECTORY/manifest.json."""
     path = os.path.join(directory, MANIFEST)
     try:
         with open(path) as f:
@@ -72,7 +75,7 @@ def _read_manifest(directory: str) -> Dict[str, str]:
         if not os.path.isdir(full):
             raise CheckpointError(f"{path}: network {name!r} is at {full}, which does not exist")
         networks[name] = full
-    return networks
+    return networks, {k: v for k, v in manifest.items() if k != "networks"}
 
 
 def write_manifest(directory: str, networks: Dict[str, str], **fields) -> None:
@@ -89,12 +92,12 @@ def resolve(directory: str) -> WeightsDir:
     if not os.path.isdir(root):
         raise CheckpointError(f"weights directory {directory}: no such directory")
     if os.path.isfile(os.path.join(root, MANIFEST)):
-        return WeightsDir(root, _read_manifest(root))
+        return WeightsDir(root, *_read_manifest(root))
     is_model_dir = os.path.isfile(os.path.join(root, pretrained.META_FILE))
     if os.path.isfile(os.path.join(root, TRAIN_CONFIG)) and not is_model_dir:
         export = os.path.join(root, TRAIN_EXPORT)
         if os.path.isfile(os.path.join(export, MANIFEST)):
-            return WeightsDir(root, _read_manifest(export))
+            return WeightsDir(root, *_read_manifest(export))
         raise CheckpointError(f"training workdir {directory} has no exported weights ({export}/{MANIFEST}); export "
                               f"them with `{EXPORT_HINT.format(workdir=directory)}`")
     if is_model_dir:
