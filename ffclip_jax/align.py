@@ -40,7 +40,7 @@ from typing import Dict, List, Optional, Sequence, Tuple
 import numpy as np
 
 from ffclip_jax.errors import CheckpointError, ConfigError, InputError, run_cli
-from ffclip_jax.fileio import atomic_write
+from ffclip_jax.grid import save_png
 
 PREDICTOR_URL = "http://dlib.net/files/shape_predictor_68_face_landmarks.dat.bz2"
 LANDMARK_SHAPES = "(68, 2) dlib points or (5, 2) points [eye, eye, mouth corner, mouth corner, nose]"
@@ -249,6 +249,13 @@ def align_images(images: Sequence, predictor, size: int = 1024,
     return aligned, skipped
 
 
+def align_for_encoder(images: Sequence, predictor, input_size) -> Tuple[List[np.ndarray], List[int]]:
+    """`align_images` at an e4e encoder's input size (H, W) -> max(H, W) squares, QUAD transform at that size too,
+    as e4e's own inference aligns photos (what `invert`, `edit` and the studio's --align do)."""
+    size = max(input_size)
+    return align_images(images, predictor, size, transform_size=size)
+
+
 # ----------------------------------------------------------------------------------------------------------- files
 
 def _faces_of(value, name: str) -> List[np.ndarray]:
@@ -306,7 +313,6 @@ def align_files(files: Sequence[str], output_dir: str, *, predictor=None, landma
     """Align the faces of image files into output_dir/<stem>.png (<stem>_<k>.png for the k-th face, all_faces) with
     a shape predictor (path or dlib.shape_predictor) or landmarks (a JSON path or {file name: [faces]}) ->
     (written paths, [(file, reason skipped)])."""
-    from PIL import Image
     from tqdm import tqdm
 
     if (predictor is None) == (landmarks is None):
@@ -345,8 +351,7 @@ def align_files(files: Sequence[str], output_dir: str, *, predictor=None, landma
                 skipped.append((path if k == 0 else f"{path} face {k}", str(e)))
                 continue
             dst = os.path.join(output_dir, f"{stem}.png" if k == 0 else f"{stem}_{k}.png")
-            atomic_write(dst, lambda tmp, a=aligned: Image.fromarray(a).save(tmp, format="PNG"))
-            written.append(dst)
+            written.append(save_png(dst, aligned))
     return written, skipped
 
 

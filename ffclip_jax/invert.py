@@ -170,7 +170,7 @@ def invert_files(encoder, variables, files: Sequence[str], *, batch_size: int = 
         for path in tqdm(files, desc="inverting", unit="img", disable=not progress):
             image = _read(path)
             if image is not None and align is not None:
-                aligned, _ = align_lib.align_images([image], predictor, size=max(size), transform_size=max(size))
+                aligned, _ = align_lib.align_for_encoder([image], predictor, size)
                 image = aligned[0] if aligned else None
             if image is None:
                 skipped.append(path)

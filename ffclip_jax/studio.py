@@ -158,13 +158,12 @@ class Studio:
         except (UnidentifiedImageError, OSError, ValueError, Image.DecompressionBombError) as e:
             raise InputError(f"{name}: not a readable image ({type(e).__name__})") from None
         if self.align_predictor:
-            from ffclip_jax.align import align_images
+            from ffclip_jax.align import align_for_encoder, load_predictor
 
             if self._predictor is None:
-                from ffclip_jax.align import load_predictor
                 self._predictor = load_predictor(self.align_predictor)
-            size = max(tuple(self.editor.encoder[0].input_size)) if self.editor.encoder else 256
-            aligned, skipped = align_images([arr], self._predictor, size, transform_size=size)  # as invert --align
+            input_size = self.editor.encoder[0].input_size if self.editor.encoder else (256, 256)
+            aligned, skipped = align_for_encoder([arr], self._predictor, input_size)
             if skipped:
                 raise InputError(f"{name}: no face found to align")
             arr = aligned[0]
