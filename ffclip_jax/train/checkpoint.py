@@ -12,7 +12,7 @@ import numpy as np
 
 from ffclip_jax.errors import CheckpointError, ConfigError
 from ffclip_jax.models.mapper import DynamicMapper
-from ffclip_jax.models.stylegan2 import Generator
+from ffclip_jax.models.stylegan2 import n_latent
 from ffclip_jax.train.sharding import make_mesh, state_sharding
 from ffclip_jax.train.state import TrainState, abstract_state, make_optimizer
 from ffclip_jax.weights import pretrained
@@ -78,8 +78,8 @@ def restore_params(workdir: str, which: str = "best"):
     """(config, mapper module, params, step) of a training workdir's best (or 'latest') checkpoint, on one device."""
     config = load_run_config(workdir)
     gen_config = pretrained.read_meta(config.weights.generator)["config"]
-    gen = Generator(size=gen_config["size"], style_dim=gen_config["style_dim"])
-    mapper = DynamicMapper(n_latent=gen.n_latent, style_dim=gen.style_dim, num_blocks=config.model.mapper_blocks)
+    mapper = DynamicMapper(n_latent=n_latent(gen_config["size"]), style_dim=gen_config["style_dim"],
+                           num_blocks=config.model.mapper_blocks)
     manager = checkpoint_manager(workdir, config.log.keep_checkpoints, read_only=True)
     best = read_best(workdir)
     step = best["step"] if which == "best" and best and best["step"] in manager.all_steps() else manager.latest_step()
