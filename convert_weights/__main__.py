@@ -3,7 +3,8 @@
 One sub-command per upstream format, in `convert_weights/<converter>.py` (the converters the network registry
 `ffclip_jax.weights.registry` names, plus `all`). Each module has NAME, HELP, `recognise(ckpt)` (except `all`),
 `convert(input, output, *, force=False, **options)` and, if it has options beyond --input/--output/--force,
-`add_arguments(parser)` whose argument dests are `convert`'s keyword names.
+`add_arguments(parser)` whose argument dests are `convert`'s keyword names; INPUT_ALIASES names other spellings of
+--input (lpips: --backbone-file).
 """
 from __future__ import annotations
 
@@ -26,7 +27,8 @@ def build_parser() -> argparse.ArgumentParser:
         module = converter(name)
         p = sub.add_parser(name, help=module.HELP, description=module.HELP)
         if name != "all":
-            p.add_argument("--input", required=True, help="upstream checkpoint file")
+            p.add_argument("--input", *getattr(module, "INPUT_ALIASES", ()), dest="input", required=True,
+                           help="upstream checkpoint file")
         p.add_argument("--output", required=True, help="directory to write (written atomically)")
         p.add_argument("--force", action="store_true", help="replace an existing output directory")
         if hasattr(module, "add_arguments"):

@@ -4,13 +4,18 @@
 
 Files are recognised by content, not by name (each converter's `recognise`, asked in registry order): StyleGAN2,
 e4e/pSp, the FFCLIP release, CLIP (TorchScript archive, state dict or a transformers CLIPModel folder), ArcFace, the
-face-parsing UNet and MoCo. Each is converted by its converter's `convert` into the subdirectory named after its
-network; files that are not recognised are listed and skipped. OUTPUT/manifest.json maps each network to its
+face-parsing UNet, MoCo, and LPIPS's two files (a torchvision AlexNet/VGG16 and the lpips heads file of the same
+backbone, paired by content: converters with a `part(ckpt)` say which network and which `convert` argument a file
+fills). Each is converted by its converter's `convert` into the subdirectory named after its network (`lpips_alex`,
+`lpips_vgg` for LPIPS); files that are not recognised, and a backbone or heads file without its partner, are listed
+and skipped. OUTPUT/manifest.json maps each network to its
 subdirectory, relative to the manifest, so the directory can be moved or copied (`ffclip_jax.weights.resolve`):
 
     {"format": "ffclip-jax", "networks": {"generator": "generator", "e4e": "e4e", "mapper": "mapper", ...},
      "generators": {"e4e": "generator", "mapper": "generator"},
-     "sources": {"mapper": {"file": "/abs/ffclip.pth", "model": "ffclip_mapper"}, ...}, "skipped": [...]}
+     "sources": {"mapper": {"file": "/abs/ffclip.pth", "model": "ffclip_mapper"},
+                 "lpips_alex": {"file": "/abs/alexnet-owt-7be5be79.pth", "heads": "/abs/alex.pth", ...}, ...},
+     "skipped": [...]}
 
 Each network is stored once: the generators inside e4e and FFCLIP files that equal the StyleGAN2 generator (array by
 array) are not written again, and `generators` says which generator each composite file carried (its own
@@ -67,38 +72,71 @@ def candidates(folder: str, exclude: str) -> List[str]:
     return found
 
 
-def detect_file(path: str) -> Tuple[Optional[str], str, bool]:
-    """(converter or None, why not recognised, whether the file holds a latent_avg) of one candidate."""
+def _detect(path: str) -> Tuple[Optional[str], str, bool, Optional[Tuple[str, str]]]:
+    """`detect_file` plus, for the converters that take several files (a `part` function: lpips), the (network,
+    convert() argument) the file fills."""
     from ffclip_jax.weights.torch_io import is_torchscript, load_torchscript_state_dict
 
     if os.path.isdir(path):
-        return "clip", "", False
+        return "clip", "", False, None
     try:
         ckpt = load_torchscript_state_dict(path) if is_torchscript(path) else common.load_dict(path)
     except FFCLIPError as e:
-        return None, str(e).replace(f"{path}: ", "", 1), False
+        return None, str(e).replace(f"{path}: ", "", 1), False, None
     except Exception as e:  # torch.load of arbitrary bytes raises anything (pickle, zip, unicode errors)
-        return None, f"not a PyTorch checkpoint ({type(e).__name__})", False
+        return None, f"not a PyTorch checkpoint ({type(e).__name__})", False, None
     kind = common.recognise(ckpt)
-    return kind, "" if kind else "a checkpoint of no known model", ckpt.get("latent_avg") is not None
+    if kind is None:
+        return None, "a checkpoint of no known model", False, None
+    part = None
+    if hasattr(common.converter(kind), "part"):
+        try:
+            part = common.converter(kind).part(ckpt)
+        except FFCLIPError as e:
+            return None, str(e), False, None
+    return kind, "", ckpt.get("latent_avg") is not None, part
+
+
+def detect_file(path: str) -> Tuple[Optional[str], str, bool]:
+    """(converter or None, why not recognised, whether the file holds a latent_avg) of one candidate."""
+    return _detect(path)[:3]
 
 
 def _find(folder: str, output: str):
-    """({converter: (file, has latent_avg)}, skipped [{file, reason}]) of the folder's candidates."""
+    """({converter: (file, has latent_avg)}, {converter: {network: {convert() argument: file}}} for the converters
+    that pair several files (complete pairs only), skipped [{file, reason}]) of the folder's candidates."""
     from tqdm import tqdm
 
     found: Dict[str, Tuple[str, bool]] = {}
+    parts: Dict[str, Dict[str, Dict[str, str]]] = {}
     skipped = []
     for path in tqdm(candidates(folder, output), desc="recognising", unit="file"):
-        kind, why, has_latent_avg = detect_file(path)
+        kind, why, has_latent_avg, part = _detect(path)
         if kind is None:
             skipped.append({"file": path, "reason": why})
+        elif part is not None:
+            network, option = part
+            files = parts.setdefault(kind, {}).setdefault(network, {})
+            if option in files:
+                raise CheckpointError(f"{folder}: {files[option]} and {path} are both the "
+                                      f"{common.converter(kind).describe_part(network, option)}; keep one per folder")
+            files[option] = path
         elif kind in found:
             raise CheckpointError(f"{folder}: two {kind} checkpoints ({found[kind][0]} and {path}); keep one "
                                   f"domain's files per folder")
         else:
             found[kind] = (path, has_latent_avg)
-    return found, skipped
+    for kind, networks in parts.items():  # a file whose partner is missing is skipped, saying which file is missing
+        module = common.converter(kind)
+        for network, files in list(networks.items()):
+            lacking = [option for option in module.PARTS if option not in files]
+            if lacking:
+                del networks[network]
+                for option, path in files.items():
+                    skipped.append({"file": path, "reason": f"{module.describe_part(network, option)}, but no "
+                                    f"{' and no '.join(module.describe_part(network, o) for o in lacking)} in the "
+                                    f"folder"})
+    return found, {k: v for k, v in parts.items() if v}, skipped
 
 
 def _share_generator(tmp: str, network: str) -> str:
@@ -123,20 +161,30 @@ def convert(input, output, *, force: bool = False, e4e_input_size=None) -> None:
     folder, output = os.path.abspath(input), os.path.abspath(output)
     if not os.path.isdir(folder):
         raise CheckpointError(f"--from {input}: no such folder")
-    found, skipped = _find(folder, output)
+    found, parts, skipped = _find(folder, output)
     for s in skipped:
         print(f"skipped {s['file']}: {s['reason']}")
-    if not found:
+    if not found and not parts:
         raise CheckpointError(f"--from {input}: no recognised checkpoint among {len(skipped)} file(s) (expected "
                               f"{', '.join(e.description for e in registry.ENTRIES)} files)")
 
     networks, sources, generators = {}, {}, {}
     with pretrained.atomic_output_dir(output, force) as tmp:
         for kind in registry.CONVERTERS:  # the generator first: others may need its latent_avg
+            for network in registry.CONVERTER_NETWORKS[kind]:  # lpips: a backbone file and its heads file
+                if network not in parts.get(kind, {}):
+                    continue
+                files = parts[kind][network]
+                others = {option: path for option, path in files.items() if option != "input"}
+                print(f"converting {', '.join(files.values())} ({kind}) -> {os.path.join(output, network)}")
+                common.converter(kind).convert(files["input"], os.path.join(tmp, network), **others)
+                networks[network] = network
+                sources[network] = {"file": files["input"], **others,
+                                    "model": pretrained.read_meta(os.path.join(tmp, network))["model"]}
             if kind not in found:
                 continue
             path, has_latent_avg = found[kind]
-            network, module = registry.CONVERTER_NETWORK[kind], common.converter(kind)
+            network, module = registry.CONVERTER_NETWORKS[kind][0], common.converter(kind)
             takes = inspect.signature(module.convert).parameters
             options = {}
             if "input_size" in takes and e4e_input_size:

@@ -4,7 +4,8 @@
 
 Written once (each directory atomically) and reused: a 32px StyleGAN2 with style_dim 64, a 2-layer CLIP embedding
 text in 64 dims, ArcFace IR-SE50 (it has no smaller variant), an e4e encoder on IR-SE50 for 64x64 photos, a narrow
-face-parsing UNet, a one-block-per-stage ResNet-50 for MoCo, `ffclip_latents/custom` with synthetic w+ (8 x 64) and
+face-parsing UNet, a one-block-per-stage ResNet-50 for MoCo, LPIPS with the full AlexNet and VGG16 backbones (they
+have no smaller variant; random heads), `ffclip_latents/custom` with synthetic w+ (8 x 64) and
 `photos/sample.png`, a 64x64 "photo" (a generator image) for the photo path. Random weights: the losses are real
 computations on meaningless networks, good for exercising the code, not for pretty edits.
 """
@@ -79,7 +80,22 @@ def _save_clip(directory: str, seed: int) -> None:
     pretrained.save_clip(directory, config, variables, extra={"source": "ffclip_jax.tiny (random)"}, overwrite=True)
 
 
-NETWORKS = ("generator", "e4e", "clip", "arcface", "parsenet", "moco")
+NETWORKS = ("generator", "e4e", "clip", "arcface", "parsenet", "moco", "lpips_alex", "lpips_vgg")
+
+
+def _save_lpips(directory: str, backbone: str, seed: int) -> None:
+    """A random LPIPS(backbone) (numpy fill; heads U(0, 0.2), non-negative like the released ones)."""
+    from ffclip_jax.models.lpips import HEAD_INIT_MAX, LPIPS
+    from ffclip_jax.weights import pretrained
+
+    module = LPIPS(backbone)
+    x = jnp.zeros((1, module.min_size, module.min_size, 3))
+    rng = np.random.RandomState(seed)
+    shapes = jax.eval_shape(module.init, jax.random.PRNGKey(seed), x, x)
+    variables = jax.tree_util.tree_map_with_path(
+        lambda p, leaf: (rng.uniform(0, HEAD_INIT_MAX, leaf.shape).astype(np.float32)
+                         if p[1].key.startswith("lin") else _random_like(p, leaf, rng)), shapes)
+    pretrained.save(directory, f"lpips_{backbone}", {"backbone": backbone}, variables, overwrite=True)
 
 
 def ensure_networks(directory: str, seed: int = 0) -> Dict[str, str]:
@@ -111,6 +127,9 @@ def ensure_networks(directory: str, seed: int = 0) -> Dict[str, str]:
     if missing("moco"):
         _save_flax(paths["moco"], "moco", ResNet50(**MOCO), MOCO, jnp.zeros((1, 64, 64, 3)), seed + 4,
                    numpy_fill=True)
+    for backbone in ("alex", "vgg"):
+        if missing(f"lpips_{backbone}"):
+            _save_lpips(paths[f"lpips_{backbone}"], backbone, seed + 6)
     if missing("e4e"):  # e4e adds the generator's latent_avg to every code
         _, gen_vars = pretrained.load(paths["generator"])
         latent_avg = np.broadcast_to(np.asarray(gen_vars["buffers"]["latent_avg"]), (gen.n_latent, gen.style_dim))

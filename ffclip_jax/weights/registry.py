@@ -21,7 +21,8 @@ class Entry:
     target: "module:attr", a Flax module class (built as cls(**config)) or a loader `fn(directory, meta) ->
     (module, variables)`. converter: the `convert_weights` sub-command that writes it. network: its name in weights
     manifests, in `config.weights.<network>` and in `convert_weights all`'s output. trained_with / edits_with: whether
-    training loads it as a frozen network (config.weights) / whether the editor loads it."""
+    training loads it as a frozen network (config.weights) / whether the editor loads it. convert_options: the
+    converter's other required options, for the conversion hint."""
     model: str
     target: str
     converter: str
@@ -30,6 +31,7 @@ class Entry:
     upstream_file: str
     trained_with: bool = False
     edits_with: bool = False
+    convert_options: str = ""
 
     def resolve(self):
         module, attr = self.target.split(":")
@@ -37,7 +39,8 @@ class Entry:
 
     @property
     def convert_hint(self) -> str:
-        return f"python -m convert_weights {self.converter} --input {self.upstream_file} --output DIR"
+        options = f" {self.convert_options}" if self.convert_options else ""
+        return f"python -m convert_weights {self.converter} --input {self.upstream_file}{options} --output DIR"
 
 
 ENTRIES: Tuple[Entry, ...] = (
@@ -57,6 +60,11 @@ ENTRIES: Tuple[Entry, ...] = (
           "parsenet.pth", trained_with=True),
     Entry("moco", "ffclip_jax.models.moco:ResNet50", "moco", "moco", "MoCo network", "moco_v2_800ep_pretrain.pth.tar",
           trained_with=True),
+    # LPIPS v0.1 (the refinement stage's perceptual loss): a torchvision backbone file plus the lpips heads file
+    Entry("lpips_alex", "ffclip_jax.models.lpips:LPIPS", "lpips", "lpips_alex", "LPIPS (AlexNet) network",
+          "alexnet-owt-7be5be79.pth", convert_options="--heads alex.pth"),
+    Entry("lpips_vgg", "ffclip_jax.models.lpips:LPIPS", "lpips", "lpips_vgg", "LPIPS (VGG16) network",
+          "vgg16-397923af.pth", convert_options="--heads vgg.pth"),
 )
 MODELS: Dict[str, Entry] = {e.model: e for e in ENTRIES}
 # network -> the model names its directory may hold, in registry order (also the conversion order of `all`)
@@ -65,7 +73,10 @@ for _e in ENTRIES:
     NETWORKS[_e.network] = NETWORKS.get(_e.network, ()) + (_e.model,)
 # converters in registry order (the generator first: e4e and FFCLIP files may need its latent_avg)
 CONVERTERS: Tuple[str, ...] = tuple(dict.fromkeys(e.converter for e in ENTRIES))
-CONVERTER_NETWORK: Dict[str, str] = {e.converter: e.network for e in ENTRIES}
+# converter -> the networks it writes, in registry order (lpips writes lpips_alex or lpips_vgg)
+CONVERTER_NETWORKS: Dict[str, Tuple[str, ...]] = {}
+for _e in ENTRIES:
+    CONVERTER_NETWORKS[_e.converter] = tuple(dict.fromkeys(CONVERTER_NETWORKS.get(_e.converter, ()) + (_e.network,)))
 TRAINED_NETWORK = "mapper"  # what training produces
 # frozen networks of training (generator, CLIP, the loss networks)
 TRAINING_NETWORKS: Tuple[str, ...] = tuple(dict.fromkeys(e.network for e in ENTRIES if e.trained_with))
