@@ -25,7 +25,10 @@ import os
 import shutil
 from typing import Dict, List, Optional, Tuple
 
+from tqdm import tqdm
+
 from convert_weights import common
+from convert_weights.torch_io import is_torchscript, load_torchscript_state_dict
 from ffclip_jax.errors import CheckpointError, FFCLIPError
 from ffclip_jax.weights import pretrained, registry
 from ffclip_jax.weights.manifest import MANIFEST, write_manifest
@@ -69,8 +72,6 @@ def candidates(folder: str, exclude: str) -> List[str]:
 
 def detect_file(path: str) -> Tuple[Optional[str], str, bool]:
     """(converter or None, why not recognised, whether the file holds a latent_avg) of one candidate."""
-    from ffclip_jax.weights.torch_io import is_torchscript, load_torchscript_state_dict
-
     if os.path.isdir(path):
         return "clip", "", False
     try:
@@ -85,8 +86,6 @@ def detect_file(path: str) -> Tuple[Optional[str], str, bool]:
 
 def _find(folder: str, output: str):
     """({converter: (file, has latent_avg)}, skipped [{file, reason}]) of the folder's candidates."""
-    from tqdm import tqdm
-
     found: Dict[str, Tuple[str, bool]] = {}
     skipped = []
     for path in tqdm(candidates(folder, output), desc="recognising", unit="file"):
