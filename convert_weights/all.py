@@ -1,6 +1,6 @@
 """Convert every upstream checkpoint found in a folder into one weights directory:
 
-    python -m convert_weights all --from pretrained_models/ --output weights/ffhq [--force]
+    ffclip convert all --from pretrained_models/ --output weights/ffhq [--force]
 
 Files are recognised by content, not by name (each converter's `recognise`, asked in registry order): StyleGAN2,
 e4e/pSp, the FFCLIP release, CLIP (TorchScript archive, state dict or a transformers CLIPModel folder), ArcFace, the

@@ -10,7 +10,8 @@ The stages, each usable alone: `align` (the largest face of each photo, FFHQ-ali
 `invert_rows` (e4e on preprocessed photos), `refiner` (the slot between invert and map for a refinement stage;
 None: e4e's codes are used as they are), `map_rows` (w + strength * mapper delta), `render_rows` (generator images),
 `sample_rows` (random w+). Every row runner runs fixed-size batches of `batch_size` rows (`batching.in_batches`),
-so each network compiles once whatever the number of rows, and every one calls the device through `Editor._run`.
+so each network compiles once whatever the number of rows, and every one calls the device through `Editor._run`
+(-> `batching.in_batches`, where the metrics and CLIP's text encoder call it too).
 `map_latents` and `render` are the jitted networks themselves (any batch) for use inside user code. Every tool (edit,
 invert, evaluate, the studio) is a client of this class; `align` the tool needs no networks (`ffclip_jax.align`).
 """
@@ -18,6 +19,7 @@ from __future__ import annotations
 
 import dataclasses
 import functools
+import os
 from typing import Any, Callable, Dict, Iterable, List, Optional, Sequence, Tuple, Union
 
 import jax
@@ -109,7 +111,7 @@ class Editor:
         self.mapper, self.generator, self.clip, self.encoder = mapper, generator, clip, encoder
         self.clip_dir, self.weights, self.cache_dir = clip_dir, weights, cache_dir
         self.batch_size = batch_size
-        self.predictor = load_predictor(align) if isinstance(align, str) else align
+        self.predictor = load_predictor(os.fspath(align)) if isinstance(align, (str, os.PathLike)) else align
         self.refiner = refiner
         self._embeddings: Dict[str, np.ndarray] = {}
         self._check_shapes()
@@ -122,7 +124,7 @@ class Editor:
         or workdir, a converted ffclip or e4e directory), or only those of `networks`; e4e/clip/generator name other
         converted directories to use instead; align: a predictor file (read before any network is loaded)."""
         weights = resolve(directory).with_overrides(e4e=e4e, clip=clip, generator=generator)
-        predictor = load_predictor(align) if isinstance(align, str) else align
+        predictor = load_predictor(os.fspath(align)) if isinstance(align, (str, os.PathLike)) else align
         nets = {name: pretrained.load(weights.path(name)) for name in networks if weights.has(name)}
         return cls(nets.get("mapper"), nets.get("generator"), clip=nets.get("clip"), encoder=nets.get("e4e"),
                    clip_dir=weights.networks.get("clip"), weights=weights, batch_size=batch_size,
@@ -240,10 +242,10 @@ class Editor:
     # ---- photos to w+ ------------------------------------------------------------------------------------------
 
     def _encode(self, items: Iterable[Tuple[Any, Callable[[], Any], str]], *, skip: bool, resize: bool,
-                keep_inputs: int, progress: bool, total: int) -> Encoded:
+                keep_inputs: int, progress: bool, total: int, align: bool = True) -> Encoded:
         """The chain up to w+ over (source, read, name) items (read() -> an image), streamed in batches: read,
-        align (with a predictor), preprocess, e4e, refine (with a refiner). skip: an unreadable or faceless photo
-        is skipped and listed (else its InputError propagates)."""
+        align (with a predictor, unless align=False), preprocess, e4e, refine (with a refiner). skip: an
+        unreadable or faceless photo is skipped and listed (else its InputError propagates)."""
         size = self.input_size
         codes, sources, skipped, kept, batch = [], [], [], [], []
 
@@ -256,7 +258,7 @@ class Editor:
         for source, read, name in tqdm(items, total=total, desc="inverting", unit="img", disable=not progress):
             try:
                 image = read()
-                if self.predictor is not None:
+                if align and self.predictor is not None:
                     aligned, _ = align_for_encoder([inputs.to_rgb(image, name)], self.predictor, size)
                     if not aligned:
                         raise InputError(f"{name}: no face found")
@@ -278,15 +280,17 @@ class Editor:
         w = np.concatenate(codes) if codes else np.zeros((0,) + self.latent_shape, np.float32)
         return Encoded(w, sources, skipped, np.asarray(kept, np.float32).reshape((-1,) + size + (3,)))
 
-    def invert(self, images: Iterable, *, resize: bool = True, progress: bool = False) -> np.ndarray:
+    def invert(self, images: Iterable, *, align: bool = True, resize: bool = True,
+               progress: bool = False) -> np.ndarray:
         """Photos ((N, H, W, 3) uint8 array or a list of arrays / PIL images, any size with resize=True) -> w+
-        (N, L, D): aligned first with a predictor (a photo without a face is an error), e4e, the refiner if set."""
+        (N, L, D): aligned first with a predictor (a photo without a face is an error; align=False: the photos are
+        aligned already), e4e, the refiner if set."""
         images = list(images)
         if not images:
             raise InputError("no images to invert")
         items = ((i, lambda im=im: im, f"image {i}") for i, im in enumerate(images))
         return self._encode(items, skip=False, resize=resize, keep_inputs=0, progress=progress,
-                            total=len(images)).w
+                            total=len(images), align=align).w
 
     def encode_files(self, files: Sequence[str], *, resize: bool = True, keep_inputs: int = 0,
                      progress: bool = True) -> Encoded:

@@ -237,7 +237,7 @@ class Studio:
         images = [(i, p["value"]) for i, p in enumerate(parsed) if p.get("kind") == "images"]
         if images:
             try:
-                codes = ed.invert([v for _, v in images])
+                codes = ed.invert([v for _, v in images], align=False)  # `read_photo` aligned them
                 for (i, _), c in zip(images, codes):
                     parsed[i]["w"] = c[None]
             except FFCLIPError as e:

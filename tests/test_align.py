@@ -476,8 +476,9 @@ def test_invert_align_option_aligns_at_the_encoder_size(predictor_path, drawn_ph
     image = np.asarray(Image.open(photos / "one.png"))
     save_rotated(photos / "turned.png", image, orientation=8)
     out = tmp_path / "codes.npy"
-    rc = run_cli(invert_main, ["--encoder", encoder_dir, "--images", str(photos / "one.png"), str(photos / "turned.png"),
-                               str(photos / "plain.png"), "--output", str(out), "--align", predictor_path])
+    rc = run_cli(invert_main, ["--encoder", encoder_dir, "--images", str(photos / "one.png"),
+                               str(photos / "turned.png"), str(photos / "plain.png"), "--output", str(out),
+                               "--align", predictor_path])
     err = capsys.readouterr().err
     assert rc == 0, err
     assert f"skipped {photos / 'plain.png'}: no face found" in err

@@ -46,7 +46,8 @@ def test_every_command_has_help(command, capsys):
 
 def test_only_the_chosen_converter_is_imported():
     probe = ("import sys\nfrom ffclip_jax.cli import main\ntry:\n    main.main(['convert', 'stylegan2', '--help'])\n"
-             "except SystemExit:\n    pass\nprint('transformers' in sys.modules, 'convert_weights.clip' in sys.modules)")
+             "except SystemExit:\n    pass\n"
+             "print('transformers' in sys.modules, 'convert_weights.clip' in sys.modules)")
     r = run(sys.executable, "-c", probe)
     assert r.returncode == 0 and r.stdout.split()[-2:] == ["False", "False"], r.stdout + r.stderr
     assert "--input" in r.stdout and "--key" in r.stdout  # the stylegan2 converter's own options

@@ -138,6 +138,7 @@ def test_alignment_stage(editor, encoder_dir, predictor_path, drawn_photos):
     aligned, skipped = aligning.align([one, plain])
     assert skipped == [1] and aligned[0].shape == (SIZE, SIZE, 3)
     np.testing.assert_array_equal(aligning.invert([one]), editor.invert(aligned))
+    np.testing.assert_array_equal(aligning.invert(aligned, align=False), editor.invert(aligned))  # aligned already
     with pytest.raises(InputError, match="^image 1: no face found$"):
         aligning.invert([one, plain])
     enc = aligning.encode_files([str(photo_dir / "one.png"), str(photo_dir / "plain.png")], progress=False)
@@ -150,9 +151,9 @@ def test_missing_and_mismatched_networks(editor, encoder_dir):
     only_e4e = Editor.from_pretrained(encoder_dir, batch_size=BATCH)
     assert only_e4e.encoder is not None and only_e4e.generator is None and only_e4e.latent_shape == (N_LATENT, DIM)
     where = f"weights directory {only_e4e.weights.root}"
-    for call, message in ((lambda: only_e4e.render_rows(np.zeros((1, N_LATENT, DIM))), "generator: needed for rendering"),
-                          (lambda: only_e4e.map_rows(np.zeros((1, N_LATENT, DIM)), np.zeros((1, DIM)), 1.0),
-                           "mapper: needed for editing"),
+    w = np.zeros((1, N_LATENT, DIM))
+    for call, message in ((lambda: only_e4e.render_rows(w), "generator: needed for rendering"),
+                          (lambda: only_e4e.map_rows(w, np.zeros((1, DIM)), 1.0), "mapper: needed for editing"),
                           (lambda: only_e4e.text_embeddings(["Bald"]), "CLIP model: needed for text prompts")):
         with pytest.raises(CheckpointError, match=f"^{where} has no {message}$"):
             call()

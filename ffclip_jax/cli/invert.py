@@ -52,8 +52,9 @@ def main(argv=None) -> None:
         if not os.path.isdir(args.generator):
             raise InputError(f"--grid needs a generator: pass --generator DIR ({args.encoder} has no generator/)")
     files = inputs.list_images(args.images)
+    networks = ("e4e", "generator") if args.grid else ("e4e",)
     editor = Editor.from_pretrained(args.encoder, generator=args.generator, align=args.align,
-                                    batch_size=args.batch_size, networks=("e4e", "generator") if args.grid else ("e4e",))
+                                    batch_size=args.batch_size, networks=networks)
     enc = editor.encode_files(files, resize=not args.no_resize, keep_inputs=GRID_MAX_ROWS if args.grid else 0)
     sources = os.path.splitext(args.output)[0] + ".json"
     atomic_write(args.output, lambda tmp: np.save(tmp, enc.w))

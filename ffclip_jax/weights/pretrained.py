@@ -37,7 +37,7 @@ def read_meta(directory: str) -> Dict[str, Any]:
         raise CheckpointError(f"{directory}: no such directory of converted weights")
     if not os.path.isfile(path):
         raise CheckpointError(f"{directory}: not a converted ffclip-jax directory (no {META_FILE}); create one with "
-                              f"`python -m convert_weights <model> --input FILE --output {directory}`")
+                              f"`ffclip convert <model> --input FILE --output {directory}`")
     try:
         with open(path) as f:
             meta = json.load(f)

@@ -37,7 +37,7 @@ class Entry:
 
     @property
     def convert_hint(self) -> str:
-        return f"python -m convert_weights {self.converter} --input {self.upstream_file} --output DIR"
+        return f"ffclip convert {self.converter} --input {self.upstream_file} --output DIR"
 
 
 ENTRIES: Tuple[Entry, ...] = (
