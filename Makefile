@@ -32,10 +32,11 @@ browser:
 
 demo: install
 	$(PY) train.py --config configs/tiny.py --workdir runs/tiny
+	rm -rf runs/tiny/edits runs/tiny/edits-photo
 	$(FFCLIP) edit --weights runs/tiny/weights --text "Bald" --text "Purple hair" --strength 0.5,1 \
-		--random 4 --seed 0 --output runs/tiny/edits --overwrite
+		--random 4 --seed 0 --output runs/tiny/edits
 	$(FFCLIP) edit --weights runs/tiny/weights --text "Bald" --text "Purple hair" --strength 0.5,1 \
-		--images runs/tiny/tiny_assets/photos --output runs/tiny/edits-photo --overwrite
+		--images runs/tiny/tiny_assets/photos --output runs/tiny/edits-photo
 	@echo "demo done: training grids in runs/tiny/grids/, edits in runs/tiny/edits/ and runs/tiny/edits-photo/ (grid.png)"
 
 # the edit studio on the tiny default (trained by `make demo` first when missing): http://127.0.0.1:7860

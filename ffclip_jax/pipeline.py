@@ -94,6 +94,11 @@ def encoder_view(images: np.ndarray, size: Tuple[int, int]) -> np.ndarray:
     return np.asarray(adaptive_avg_pool2d(images[:, top:top + crop], (h, w)))
 
 
+def _predictor(align):
+    """A dlib shape predictor from a file path, or `align` as it is (a loaded predictor or None)."""
+    return load_predictor(os.fspath(align)) if isinstance(align, (str, os.PathLike)) else align
+
+
 class Editor:
     """The networks of one weights directory, loaded once, and the chain around them (see the module docstring).
 
@@ -111,7 +116,7 @@ class Editor:
         self.mapper, self.generator, self.clip, self.encoder = mapper, generator, clip, encoder
         self.clip_dir, self.weights, self.cache_dir = clip_dir, weights, cache_dir
         self.batch_size = batch_size
-        self.predictor = load_predictor(os.fspath(align)) if isinstance(align, (str, os.PathLike)) else align
+        self.predictor = _predictor(align)
         self.refiner = refiner
         self._embeddings: Dict[str, np.ndarray] = {}
         self._check_shapes()
@@ -124,7 +129,7 @@ class Editor:
         or workdir, a converted ffclip or e4e directory), or only those of `networks`; e4e/clip/generator name other
         converted directories to use instead; align: a predictor file (read before any network is loaded)."""
         weights = resolve(directory).with_overrides(e4e=e4e, clip=clip, generator=generator)
-        predictor = load_predictor(os.fspath(align)) if isinstance(align, (str, os.PathLike)) else align
+        predictor = _predictor(align)
         nets = {name: pretrained.load(weights.path(name)) for name in networks if weights.has(name)}
         return cls(nets.get("mapper"), nets.get("generator"), clip=nets.get("clip"), encoder=nets.get("e4e"),
                    clip_dir=weights.networks.get("clip"), weights=weights, batch_size=batch_size,
