@@ -25,6 +25,7 @@ from ffclip_jax.grid import to_uint8
 from ffclip_jax.models import clip
 from ffclip_jax.models.arcface import Backbone
 from ffclip_jax.models.e4e import Encoder4Editing
+from ffclip_jax.models.lpips import HEAD_INIT_MAX, LPIPS
 from ffclip_jax.models.moco import ResNet50
 from ffclip_jax.models.parsenet import UNet
 from ffclip_jax.models.stylegan2 import Generator
@@ -88,9 +89,6 @@ NETWORKS = ("generator", "e4e", "clip", "arcface", "parsenet", "moco", "lpips_al
 
 def _save_lpips(directory: str, backbone: str, seed: int) -> None:
     """A random LPIPS(backbone) (numpy fill; heads U(0, 0.2), non-negative like the released ones)."""
-    from ffclip_jax.models.lpips import HEAD_INIT_MAX, LPIPS
-    from ffclip_jax.weights import pretrained
-
     module = LPIPS(backbone)
     x = jnp.zeros((1, module.min_size, module.min_size, 3))
     rng = np.random.RandomState(seed)
