@@ -16,7 +16,9 @@ from typing import List, Tuple
 
 from ffclip_jax.cli.arguments import add_align_argument, add_batch_size_argument, add_cache_dir_argument, at_least
 from ffclip_jax.errors import InputError
-from ffclip_jax.studio import MAX_FILE_SIZE, build_app, log, theme
+from ffclip_jax.studio import page
+from ffclip_jax.studio.engine import Engine
+from ffclip_jax.studio.serving import Studio, log
 
 
 def read_auth(path: str) -> List[Tuple[str, str]]:
@@ -58,17 +60,21 @@ def main(argv=None) -> None:
     auth = read_auth(args.auth_file) if args.auth_file else None
     if args.align and not os.path.isfile(args.align):
         raise InputError(f"--align {args.align}: no such file")
+    options = page.launch_options()  # gradio first: without it, one line before any network is loaded
     workdir = tempfile.mkdtemp(prefix="ffclip-studio-")
     os.environ["GRADIO_TEMP_DIR"] = os.path.join(workdir, "gradio")  # gradio's upload/cache copies stay here too
     os.environ["GRADIO_ANALYTICS_ENABLED"] = "False"
     os.environ.setdefault("GRADIO_SERVER_NAME", args.host)
     try:
-        app = build_app(args.weights, workdir, batching=not args.no_batching, align=args.align,
-                        cache_dir=args.cache_dir, batch_size=args.batch_size)
+        log(f"loading networks from {args.weights}")
+        studio = Studio(Engine.load(args.weights, batch_size=args.batch_size, align=args.align,
+                                    cache_dir=args.cache_dir), workdir)
+        studio.warm_up()
+        app = page.build_app(studio, batching=not args.no_batching)
         app.queue(default_concurrency_limit=1, max_size=1024)
         log(f"serving on http://{args.host}:{args.port} (files under {workdir})")
         app.launch(server_name=args.host, server_port=args.port, share=False, auth=auth, inbrowser=False,
-                   allowed_paths=[workdir], max_file_size=MAX_FILE_SIZE, show_error=True, ssr_mode=False,
-                   theme=theme(), quiet=False, enable_monitoring=False, mcp_server=False, pwa=False)
+                   allowed_paths=[workdir], max_file_size=page.MAX_FILE_SIZE, show_error=True, ssr_mode=False,
+                   quiet=True, enable_monitoring=False, mcp_server=False, pwa=False, **options)
     finally:
         shutil.rmtree(workdir, ignore_errors=True)
