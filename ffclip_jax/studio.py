@@ -762,7 +762,7 @@ def main(argv=None) -> None:
         _log(f"serving on http://{args.host}:{args.port} (files under {workdir})")
         app.launch(server_name=args.host, server_port=args.port, share=False, auth=auth, inbrowser=False,
                    allowed_paths=[workdir], max_file_size=MAX_FILE_SIZE, show_error=True, ssr_mode=False,
-                   theme=_theme(), quiet=False, enable_monitoring=False, mcp_server=False, pwa=False)
+                   theme=_theme(), quiet=True, enable_monitoring=False, mcp_server=False, pwa=False)
     finally:
         shutil.rmtree(workdir, ignore_errors=True)
 

@@ -2,6 +2,8 @@
 random networks and synthetic latents (loss goes down, preempt + resume == uninterrupted, restore on 1 device)."""
 import dataclasses
 import os
+import re
+import shutil
 import signal
 import subprocess
 import sys
@@ -17,12 +19,12 @@ from absl import flags
 from configs import default as default_config
 from configs import tiny as tiny_configs
 from ffclip_jax import train as tl
-from ffclip_jax.errors import ConfigError
+from ffclip_jax.cli import train as train_cli  # defines the --config / --workdir flags
+from ffclip_jax.errors import CheckpointError, ConfigError
 from ffclip_jax.train.loop import train_and_evaluate
 from ffclip_jax.weights.registry import WEIGHTS_NETWORKS
-from parity import ROOT, assert_float32_parity, load_script, params_digest
+from parity import ROOT, assert_float32_parity, params_digest
 
-train = load_script("train.py", "ffclip_train")  # defines the --config / --workdir flags
 
 
 @pytest.fixture(scope="module")
@@ -64,7 +66,7 @@ def parse(capsys, *overrides, config="configs/tiny.py"):
     argv = ["train.py", "--config", os.path.join(ROOT, config), "--workdir", "w", *overrides]
     saved, sys.argv = sys.argv, argv
     try:
-        train.parse_flags(argv)
+        train_cli.parse_flags(argv)
         return flags.FLAGS.config, flags.FLAGS.workdir
     except SystemExit as e:
         assert e.code == 2
@@ -84,6 +86,46 @@ def test_unknown_config_key_is_one_line_error(capsys):
     assert len(err) == 1 and err[0].startswith("error: --config.train.batch_size=many:") and "many" in err[0]
     _, err = parse(capsys, config="configs/nope.py")
     assert len(err) == 1 and "nope.py" in err[0]
+
+
+def test_flag_errors_name_the_flag(capsys):
+    """Each a single line naming the flag, exit status 2 (parse asserts it)."""
+    cases = {("--config.trian.batch_size=4",): "error: --config.trian.batch_size: unknown config key 'trian' (did you "
+                                               "mean --config.train.batch_size?); every field and its default: "
+                                               "configs/default.py",
+             ("--config.train.batch_size=abc",): "error: --config.train.batch_size=abc: expected int, got 'abc'",
+             ("stray",): "error: unexpected argument 'stray': train.py takes only flags (--config FILE --workdir DIR "
+                         "[--config.<field>=<value> ...]; python train.py --help)",
+             ("--bogus=1",): "error: --bogus: unknown flag (python train.py --help lists them)"}
+    for args, want in cases.items():
+        assert parse(capsys, *args) == (None, [want])
+    _, err = parse(capsys, config="configs/tny.py")
+    assert err == [f"error: --config {os.path.join(ROOT, 'configs/tny.py')}: no such file (did you mean "
+                   f"{os.path.join(ROOT, 'configs/tiny.py')}?)"]
+
+
+def test_verbosity(capsys):
+    """Logs at WARNING unless --verbosity asks: 0 shows absl/orbax/JAX INFO lines."""
+    import logging
+
+    try:
+        parse(capsys)
+        assert logging.getLogger().level == logging.WARNING
+        parse(capsys, "--verbosity=0")
+        assert logging.getLogger().level == logging.INFO
+    finally:
+        from ffclip_jax import logs
+        logs.set_verbosity(-1)
+
+
+def test_help_reads_well():
+    out = subprocess.run([sys.executable, os.path.join(ROOT, "train.py"), "--help"], capture_output=True, text=True,
+                         cwd=ROOT, timeout=120)
+    lines = out.stdout.splitlines()
+    assert "        --config.weights.generator=weights/stylegan2-ffhq --config.data_dir=data" in lines  # not joined
+    assert any("configs/default.py, which defines every" in line for line in lines)
+    assert any(line.startswith("  --config: ") for line in lines) and any(line.startswith("  --workdir: ")
+                                                                            for line in lines)
 
 
 def test_overrides_typed(capsys):
@@ -377,3 +419,160 @@ def adam_divergence_bound(config, steps: int) -> float:
             np.sqrt(1 - b2 ** t) / (1 - b1 ** t)
         total += float(schedule(t - 1)) * c
     return 2 * total
+
+
+# ---------------------------------------------------------------------------------------------------------------
+# damaged checkpoints: the run resumes from the newest one that restores
+
+
+def truncate_largest_array_file(step_dir):
+    """Truncate the largest data file of a checkpoint's state to 100 bytes (a bad copy, a full disk)."""
+    files = [os.path.join(root, f) for root, _, names in os.walk(os.path.join(step_dir, "state", "ocdbt.process_0",
+                                                                             "d")) for f in names]
+    path = max(files, key=os.path.getsize)
+    with open(path, "r+b") as f:
+        f.truncate(100)
+    return path
+
+
+def delete_step_metadata(step_dir):
+    os.remove(os.path.join(step_dir, "_CHECKPOINT_METADATA"))
+    return os.path.join(step_dir, "_CHECKPOINT_METADATA")
+
+
+def garble_step_metadata(step_dir):
+    with open(os.path.join(step_dir, "_CHECKPOINT_METADATA"), "w") as f:
+        f.write("{garbage")
+    return os.path.join(step_dir, "_CHECKPOINT_METADATA")
+
+
+def remove_state_item(step_dir):
+    shutil.rmtree(os.path.join(step_dir, "state"))
+    return os.path.join(step_dir, "state")
+
+
+# how a checkpoint gets damaged: damage(step_dir) -> the file the message must name
+DAMAGES = {"truncated array file": truncate_largest_array_file, "deleted step metadata": delete_step_metadata,
+           "garbled step metadata": garble_step_metadata, "missing state item": remove_state_item}
+
+
+def _abstract_state(workdir):
+    config = tl.load_run_config(workdir)
+    nets, _ = tl.load_networks(config)
+    target = tl.abstract_state(nets.mapper, tl.make_optimizer(config, 1)[0])
+    return target, tl.state_sharding(tl.make_mesh(jax.devices()[:1]), target)
+
+
+@pytest.mark.parametrize("damage", list(DAMAGES))
+def test_damaged_latest_checkpoint_falls_back(runs, tmp_path, damage):
+    """The newest checkpoint (6) damaged: one line names the step, the file and why, the directory is moved to
+    WORKDIR/damaged_checkpoints/6 (not deleted) and checkpoint 3 is restored."""
+    full, _, _ = runs
+    workdir = str(tmp_path / "run")
+    shutil.copytree(full["workdir"], workdir)
+    culprit = DAMAGES[damage](os.path.join(workdir, "checkpoints", "6"))
+    lines = []
+    step, state, data_state = tl.restore_newest(workdir, *_abstract_state(workdir), log=lines.append)
+    assert step == 3 and int(state.step) == 3 and data_state
+    assert len(lines) == 1 and lines[0].startswith("checkpoint 6 cannot be restored (") and culprit in lines[0], lines
+    assert lines[0].endswith(f"moved to {os.path.join(workdir, 'damaged_checkpoints', '6')}")
+    assert sorted(os.listdir(os.path.join(workdir, "checkpoints"))) == ["3"]
+    assert os.path.isdir(os.path.join(workdir, "damaged_checkpoints", "6"))
+    assert "\n" not in lines[0]
+
+
+def test_every_checkpoint_damaged_is_one_error(runs, tmp_path):
+    full, _, _ = runs
+    workdir = str(tmp_path / "run")
+    shutil.copytree(full["workdir"], workdir)
+    for step in ("3", "6"):
+        truncate_largest_array_file(os.path.join(workdir, "checkpoints", step))
+    with pytest.raises(CheckpointError) as info:
+        tl.restore_newest(workdir, *_abstract_state(workdir), log=pytest.fail)
+    message = str(info.value)
+    assert "\n" not in message and message.startswith(f"{os.path.join(workdir, 'checkpoints')}: no checkpoint "
+                                                       "restores (step 6: ") and "step 3: " in message
+    assert sorted(os.listdir(os.path.join(workdir, "checkpoints"))) == ["3", "6"]  # nothing moved
+    assert not os.path.exists(os.path.join(workdir, "damaged_checkpoints"))
+
+
+NOISE = re.compile(r"^[IWEF]\d{4} |INFO|absl|orbax|Unable to initialize backend|Downloading and preparing|"
+                   r"downloaded and prepared|TensorFlow and JAX classes are deprecated|share=True|Warning|warn",
+                   re.IGNORECASE | re.MULTILINE)
+
+
+def train_flags(config):
+    """train.py's --config.<field>=<value> flags that turn configs/tiny.py into `config`."""
+    def flat(c, prefix=""):
+        for k, v in c.items():
+            if hasattr(v, "items"):
+                yield from flat(v, f"{prefix}{k}.")
+            else:
+                yield f"{prefix}{k}", v
+    base = dict(flat(tiny_configs.get_config()))
+    return [f"--config.{k}={v}" for k, v in flat(config) if base.get(k) != v]
+
+
+def run_tool(args, cwd, umask=0o022):
+    """A tool as a subprocess under `umask`, on the test's 8 CPU devices and matmul precision (so that it compiles
+    the programs the in-process runs compiled, found in the persistent jit cache): (stdout lines, stderr lines
+    without progress-bar updates)."""
+    env = dict(os.environ, JAX_PLATFORMS="cpu", JAX_DEFAULT_MATMUL_PRECISION="highest", PYTHONPATH=ROOT)
+    out = subprocess.run([sys.executable, *args], capture_output=True, text=True, env=env, cwd=cwd, timeout=900,
+                         preexec_fn=lambda: os.umask(umask))
+    assert out.returncode == 0, out.stderr[-3000:]
+    bars = re.compile(r"^\s*(train|mapping z|recognising|editing|inverting|rendering)?[^|]*\|.*\|")
+    err = [line for line in out.stderr.replace("\r", "\n").splitlines() if line.strip() and not bars.match(line)]
+    return out.stdout.splitlines(), err
+
+
+def test_train_py_after_a_damaged_checkpoint_quiet_and_umask(runs, assets, tmp_path):
+    """`python train.py ...` rerun in a workdir whose newest checkpoint (6) has a data file truncated to 100 bytes:
+    one line names it and where it went, the run resumes from checkpoint 3, saves step 6 afresh beside the moved
+    damaged one (orbax's manager saves and garbage-collects without reading it) and ends with the parameters of the
+    run resumed from 3 without any damage, bit for bit. Nothing else is printed but our own lines and progress bars
+    (no absl/XLA/orbax/TFDS line), and every file it writes follows the umask (022: 0644 / 0755)."""
+    from test_fileio import modes_not_following
+
+    full, _, second = runs
+    workdir = tmp_path / "run"
+    shutil.copytree(full["workdir"], workdir)
+    damaged = truncate_largest_array_file(str(workdir / "checkpoints" / "6"))
+    config = tiny_config(assets, full_cache(full))
+    out, err = run_tool([os.path.join(ROOT, "train.py"), "--config", os.path.join(ROOT, "configs/tiny.py"),
+                         "--workdir", str(workdir), *train_flags(config)], cwd=str(tmp_path))
+    assert out[0] == (f"checkpoint 6 cannot be restored ({damaged}: OUT_OF_RANGE: " + out[0].split(": OUT_OF_RANGE: ")[1])
+    assert out[0].endswith(f"moved to {workdir / 'damaged_checkpoints' / '6'}")
+    assert out[1] == f"resumed from {workdir / 'checkpoints'}/3 (step 3 of 6)"
+    assert out[2].startswith("step 6: val_loss") and out[3].startswith("done: 6 steps.") and len(out) == 4, out
+    assert not err and not NOISE.search("\n".join(out[1:])), err
+    assert sorted(os.listdir(workdir / "checkpoints")) == ["3", "6"]
+    assert os.listdir(workdir / "damaged_checkpoints") == ["6"]
+    _, _, p_after, _ = tl.restore_params(str(workdir), "latest")
+    _, _, p_resumed, _ = tl.restore_params(second["workdir"], "latest")
+    chex.assert_trees_all_equal(p_after, p_resumed)
+    for name in ("checkpoints/6", "grids", "weights", "tb", "best.json", "config.json"):  # what this run wrote
+        assert not modes_not_following(str(workdir / name), 0o022), name
+
+
+@pytest.mark.slow
+def test_edit_tool_quiet_and_umask(runs, tmp_path):
+    """`python -m ffclip_jax.edit` on the trainer's export: our own line and progress bars only, files 0644 / 0755
+    under umask 022 (every tool goes through errors.run_cli, which calls logs.quiet)."""
+    from test_fileio import modes_not_following
+
+    full, _, _ = runs
+    edits = tmp_path / "edits"
+    out, err = run_tool(["-m", "ffclip_jax.edit", "--weights", full["weights"], "--text", "Bald", "--random", "2",
+                         "--seed", "0", "--output", str(edits), "--cache-dir", str(tmp_path / "text_cache")],
+                        cwd=str(tmp_path))
+    assert len(out) == 1 and out[0].startswith("wrote 2 edits, grid.png to"), out
+    assert not err and not NOISE.search("\n".join(out)), err
+    assert not modes_not_following(str(edits), 0o022)
+
+
+def full_cache(full):
+    """The cache folder the `runs` fixture's config used (its jit cache holds the compiled steps)."""
+    import pathlib
+
+    return pathlib.Path(tl.load_run_config(full["workdir"]).jit_cache_dir).parent

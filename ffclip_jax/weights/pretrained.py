@@ -20,6 +20,7 @@ from typing import Any, Dict, Iterator, Optional, Tuple
 import numpy as np
 
 from ffclip_jax.errors import CheckpointError
+from ffclip_jax.fileio import temp_sibling
 from ffclip_jax.weights import registry
 
 FORMAT = "ffclip-jax"
@@ -91,8 +92,7 @@ def atomic_output_dir(directory: str, overwrite: bool = False) -> Iterator[str]:
         raise CheckpointError(f"{directory}: already exists (pass --force to replace it)")
     parent = os.path.dirname(directory)
     os.makedirs(parent, exist_ok=True)
-    tmp = tempfile.mkdtemp(prefix=f".{os.path.basename(directory)}.tmp-", dir=parent)
-    os.chmod(tmp, 0o755)
+    tmp = temp_sibling(directory, directory=True)  # 0777 less the umask, as the directory itself would be
     try:
         yield tmp
     except BaseException:
