@@ -290,7 +290,8 @@ def test_detect_landmarks_with_trained_predictor(predictor_path, drawn_photos):
     faces = align.detect_landmarks(Image.open(photos / "group.png"), align.load_predictor(predictor_path),
                                    all_faces=True)
     assert len(faces) == 2
-    assert np.abs(faces[0].mean(0) - group[1].mean(0)).max() < 3      # the larger face first
+    # the larger face first: face centres within 3 px (the faces are 60+ px apart), same seeded predictor
+    assert np.abs(faces[0].mean(0) - group[1].mean(0)).max() < 3
     assert np.abs(faces[1].mean(0) - group[0].mean(0)).max() < 3
     assert align.detect_landmarks(Image.open(photos / "plain.png"), predictor_path) == []   # real HOG detector
 
