@@ -69,6 +69,6 @@ def main(argv=None) -> None:
         log(f"serving on http://{args.host}:{args.port} (files under {workdir})")
         app.launch(server_name=args.host, server_port=args.port, share=False, auth=auth, inbrowser=False,
                    allowed_paths=[workdir], max_file_size=MAX_FILE_SIZE, show_error=True, ssr_mode=False,
-                   theme=theme(), quiet=False, enable_monitoring=False, mcp_server=False, pwa=False)
+                   theme=theme(), quiet=True, enable_monitoring=False, mcp_server=False, pwa=False)
     finally:
         shutil.rmtree(workdir, ignore_errors=True)

@@ -25,6 +25,7 @@ from tensorflow_datasets.core.utils import py_utils
 from ffclip_jax.data.latents import DOMAINS, STYLE_DIM
 from ffclip_jax.errors import ConfigError, InputError
 from ffclip_jax.fileio import atomic_output_dir
+from ffclip_jax.logs import QuietPreparation
 
 NAME = "ffclip_latents"
 DATASET_VERSION = "1.0.0"
@@ -37,7 +38,7 @@ class LatentsConfig(tfds.core.BuilderConfig):
     n_latent: Optional[int] = None
 
 
-class FfclipLatents(tfds.core.GeneratorBasedBuilder):
+class FfclipLatents(QuietPreparation, tfds.core.GeneratorBasedBuilder):
     """Inverted (or synthetic) StyleGAN2 w+ latents for FFCLIP training. Built from arrays given to the constructor
     (`splits={"train": (N, L, D), "test": (M, L, D)}`, validated by `ffclip_jax.data.latents`); use
     `ffclip data build`, which does that."""

@@ -2,7 +2,7 @@
 the sharded step, checkpoints and export, and the loop (`loop.train_and_evaluate`, what `train.py` runs).
 The public pieces are re-exported here: `from ffclip_jax import train as tl; tl.make_train_step(...)`."""
 from ffclip_jax.train.checkpoint import (checkpoint_manager, export_weights, load_run_config, read_best,
-                                         restore_checkpoint, restore_params, save_checkpoint)
+                                         restore_checkpoint, restore_newest, restore_params, save_checkpoint)
 from ffclip_jax.train.config import LOSS_TERMS, TERM_NETWORK, active_terms, check_weights, needed_networks, resolve_batch
 from ffclip_jax.train.loop import train_and_evaluate
 from ffclip_jax.train.networks import Networks, init_mapper_params, load_networks
