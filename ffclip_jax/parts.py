@@ -65,9 +65,11 @@ def full_plan(items: Sequence, part_size: int, plan: Dict[str, Any]) -> Dict[str
 
 class Parts:
     """The parts of one job in `folder` (see the module docstring). items: JSON-able, in output order; plan: the
-    job's other settings that decide the results (JSON-able)."""
+    job's other settings that decide the results (JSON-able); process / processes: default jax's (pass them to
+    simulate other hosts)."""
 
-    def __init__(self, folder: str, items: Sequence, part_size: int, plan: Dict[str, Any]):
+    def __init__(self, folder: str, items: Sequence, part_size: int, plan: Dict[str, Any], *,
+                 process: Optional[int] = None, processes: Optional[int] = None):
         if part_size < 1:
             raise InputError(f"--part-size must be at least 1, got {part_size}")
         if not items:
@@ -75,7 +77,8 @@ class Parts:
         self.folder = os.path.abspath(folder)
         self.items, self.part_size = list(items), int(part_size)
         self.count = -(-len(self.items) // self.part_size)
-        self.process, self.processes = jax.process_index(), jax.process_count()
+        self.process = jax.process_index() if process is None else int(process)
+        self.processes = jax.process_count() if processes is None else int(processes)
         self.plan = plan = full_plan(self.items, self.part_size, plan)
         path = os.path.join(self.folder, PLAN)
         if os.path.isfile(path):
