@@ -102,11 +102,22 @@ def studio_jobs(dev, s, work):
     return [Job("studio/gradio", "bench/studio.py", args, 300, whole=True, priority=4)]
 
 
+def invert_jobs(dev, s, work):
+    """e4e inversion through the Editor on one device and on every local device (where there is more than one),
+    the PyTorch e4e on one; the generator's size sets the styles, the input is e4e's 256 px (64 px with --tiny)."""
+    base = ["--size", s["size"], "--input-size", 64 if s["size"] < 256 else 256, "--batch", s["gen_batch"],
+            "--iters", s["gen_iters"], "--torch-device", dev["torch"]]
+    ones = ["torch", "jax:1"] + (["jax:all"] if dev["count"] > 1 else [])
+    return [Job(f"invert/{one.replace(':', '/')}", "bench/invert.py", base + ["--one", one], s["gen_timeout"],
+                priority=3) for one in ones]
+
+
 # (name, script, jobs(dev, sizes, work folder)); an entry whose script does not exist (yet) is left out.
 BENCHMARKS = [
     ("generator", "bench/generator.py", generator_jobs),
     ("train_step", "bench/train_step.py", train_jobs),
     ("studio", "bench/studio.py", studio_jobs),
+    ("invert", "bench/invert.py", invert_jobs),
 ]
 
 # Each probe runs in its own process: one imports JAX, the other PyTorch, never both.
@@ -296,12 +307,38 @@ def rows(results, dev, s):
             else:
                 row["status"] = _why(r, accel) or ("met" if row["peak"] <= TARGETS["memory_bytes"] else "not met")
             out.append(row)
+    if any(k.startswith("invert/") for k in results):
+        out += invert_table_rows(results, dev, s)
     out.append(whole_row(results.get("studio/engine"), "studio engine batching",
                          "16 clients, batched vs one at a time", TARGETS["studio_batching"], accel,
                          pending=STUDIO_ENGINE_PENDING))
     out.append(whole_row(results.get("studio/gradio"), "studio server (Gradio)", "1/4/16 clients, gradio_client",
                          None, accel, pending=None if dev["gradio"] else "gradio not installed"))
     return out
+
+
+def invert_table_rows(results, dev, s):
+    """e4e inversion: JAX on one device against PyTorch; every local device against one (the scaling, ideal = the
+    device count); the refinement stages' row until they are on main."""
+    one, torch_r, every = (results.get(f"invert/{k}") for k in ("jax/1", "torch", "jax/all"))
+    setting = f"{s['size']} px generator (e4e input 256), batch {s['gen_batch']}/device"
+    row = dict(benchmark="e4e inversion, 1 device", setting=setting, jax=one["images_per_s"] if _ok(one) else None,
+               torch=torch_r["images_per_s"] if _ok(torch_r) else None, peak=one["peak_bytes"] if _ok(one) else None,
+               target="-")
+    row["ratio"] = row["jax"] / row["torch"] if row["jax"] and row["torch"] else None
+    row["status"] = "-" if row["ratio"] else _why(one if not _ok(one) else torch_r, True)
+    n = dev["count"]
+    scale = dict(benchmark=f"e4e inversion, all {n} local devices", setting=setting + " (ratio: vs 1 device)",
+                 jax=every["images_per_s"] if _ok(every) else None, torch=None,
+                 peak=every["peak_bytes"] if _ok(every) else None, target=f"ideal {n}x")
+    scale["ratio"] = scale["jax"] / row["jax"] if scale["jax"] and row["jax"] else None
+    if n == 1:
+        scale["status"] = "not measured (one device: simulated CPU devices share its cores, README)"
+    else:
+        scale["status"] = _why(every, True) if scale["ratio"] is None else f"{scale['ratio'] / n:.0%} of ideal"
+    refine = dict(benchmark="refinement (W+, PTI) images/s", setting="-", jax=None, torch=None, ratio=None,
+                  peak=None, target="-", status="not measured (the refinement stage is not on main yet)")
+    return [row, scale, refine]
 
 
 def whole_row(r, name, setting, target, accel, pending=None):

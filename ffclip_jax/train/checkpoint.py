@@ -17,7 +17,7 @@ import numpy as np
 from ffclip_jax.errors import CheckpointError, ConfigError
 from ffclip_jax.models.mapper import DynamicMapper
 from ffclip_jax.models.stylegan2 import n_latent
-from ffclip_jax.train.sharding import make_mesh, state_sharding
+from ffclip_jax.sharding import make_mesh, state_sharding
 from ffclip_jax.train.state import TrainState, abstract_state, make_optimizer
 from ffclip_jax.weights import pretrained
 from ffclip_jax.weights.manifest import TRAIN_CONFIG as CONFIG_FILE, TRAIN_EXPORT as WEIGHTS_DIR

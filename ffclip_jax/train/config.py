@@ -6,7 +6,7 @@ from __future__ import annotations
 from typing import Dict, Tuple
 
 from ffclip_jax.errors import CheckpointError, ConfigError
-from ffclip_jax.train.sharding import DATA_AXIS
+from ffclip_jax.sharding import DATA_AXIS
 from ffclip_jax.weights import pretrained
 from ffclip_jax.weights.registry import NETWORKS, TRAINED_NETWORK, TRAINING_NETWORKS, WEIGHTS_NETWORKS, network_entry
 

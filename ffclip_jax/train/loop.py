@@ -19,7 +19,7 @@ import numpy as np
 from ffclip_jax.errors import ConfigError
 from ffclip_jax.fileio import write_json_atomic
 from ffclip_jax.train import checkpoint as ckpt
-from ffclip_jax.train import sharding
+from ffclip_jax import sharding
 from ffclip_jax.train.config import check_weights, resolve_batch
 from ffclip_jax.train.networks import init_mapper_params, load_networks
 from ffclip_jax.train.state import abstract_state, create_state, make_optimizer
