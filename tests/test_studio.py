@@ -249,7 +249,10 @@ def _set_strength(d, value):
 
 
 def _upload(d, path):
-    d.find_element("css selector", "#photo input[type=file]").send_keys(str(path))
+    # the page renders its components one after another: on a busy machine the upload input can come after the
+    # edit button the page load waits for, so wait for it too
+    _wait(d, lambda: d.find_elements("css selector", "#photo input[type=file]"), 60,
+          "the photo upload input")[0].send_keys(str(path))
 
 
 def _toasts(d):

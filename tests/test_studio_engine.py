@@ -353,3 +353,23 @@ def test_serving_runs_every_call_on_one_device_thread(engine, tmp_path, monkeypa
     monkeypatch.setattr(engine, "edit_many", broken)
     answers = studio.edit_many([EditRequest(), EditRequest()])
     assert [str(a) for a in answers] == ["internal error (RuntimeError: device lost)"] * 2
+
+
+def test_engine_on_8_devices_equals_1(editor, scorers):
+    """Every device call of the engine goes through the Editor's runners (`Editor.run`: each batch split over its
+    devices, the scoring networks placed there): on 8 simulated devices at the same rows per device as 1 device
+    (test_multidevice's claim: the same program per device), the edits, scores, re-render and sweep are the same
+    bits. One source and prompt, so the slider's one frame is one row per device on both sides."""
+    eight = Editor(editor.mapper, editor.generator, clip=editor.clip, encoder=editor.encoder, clip_dir=editor.clip_dir,
+                   cache_dir=editor.cache_dir, batch_size=BATCH * 8, devices=8)
+    engines = [Engine(e, scorers=scorers[0], scorer_variables=scorers[1]) for e in (editor, eight)]
+    request = EditRequest(source="random", seed=12, prompts="Bald", strength=0.5)
+    (one, many) = [e.edit_many([request])[0] for e in engines]
+    for name in ("images", "latents", "scores"):
+        np.testing.assert_array_equal(getattr(many.frames, name), getattr(one.frames, name), err_msg=name)
+    np.testing.assert_array_equal(many.sources, one.sources)
+    re1, re8 = [e.rescore(a.frames.token, 1.5) for e, a in zip(engines, (one, many))]
+    np.testing.assert_array_equal(re8.images, re1.images)
+    np.testing.assert_array_equal(re8.scores, re1.scores)
+    sw1, sw8 = [e.sweep(a.frames.token, 1.5, 3) for e, a in zip(engines, (one, many))]
+    np.testing.assert_array_equal(sw8.images, sw1.images)  # 3 frames: 1-device batch 2 padded, 8 devices 2 each

@@ -1,7 +1,7 @@
 """ffclip studio: serve the edit studio (`ffclip_jax.studio`), a Gradio page on the real Editor.
 
     ffclip studio --weights runs/tiny/weights [--host 127.0.0.1] [--port 7860] [--align PREDICTOR]
-        [--auth-file users.txt] [--batch-size 8] [--no-batching]
+        [--auth-file users.txt] [--batch-size 8] [--no-batching] [--devices N|all] [--frozen-sharding fsdp]
 
 It binds 127.0.0.1 unless --host says otherwise, never makes share links, and serves no server path but the files
 the page wrote (one temporary folder per server, removed on exit).
@@ -14,8 +14,10 @@ import shutil
 import tempfile
 from typing import List, Tuple
 
-from ffclip_jax.cli.arguments import add_align_argument, add_batch_size_argument, add_cache_dir_argument, at_least
+from ffclip_jax.cli.arguments import (add_align_argument, add_batch_size_argument, add_cache_dir_argument,
+                                      add_devices_arguments, at_least)
 from ffclip_jax.errors import InputError
+from ffclip_jax.pipeline import Editor
 from ffclip_jax.studio import page
 from ffclip_jax.studio.engine import Engine
 from ffclip_jax.studio.serving import Studio, log
@@ -51,6 +53,7 @@ def build_parser() -> argparse.ArgumentParser:
     add_batch_size_argument(p)
     p.add_argument("--no-batching", action="store_true", help="run edit requests one at a time (benchmarks)")
     add_cache_dir_argument(p)
+    add_devices_arguments(p)
     return p
 
 
@@ -67,8 +70,9 @@ def main(argv=None) -> None:
     os.environ.setdefault("GRADIO_SERVER_NAME", args.host)
     try:
         log(f"loading networks from {args.weights}")
-        studio = Studio(Engine.load(args.weights, batch_size=args.batch_size, align=args.align,
-                                    cache_dir=args.cache_dir), workdir)
+        editor = Editor.from_pretrained(args.weights, batch_size=args.batch_size, cache_dir=args.cache_dir,
+                                        align=args.align, devices=args.devices, frozen=args.frozen_sharding)
+        studio = Studio(Engine.for_editor(editor), workdir)
         studio.warm_up()
         app = page.build_app(studio, batching=not args.no_batching)
         app.queue(default_concurrency_limit=1, max_size=1024)

@@ -34,9 +34,8 @@ import numpy as np
 from tqdm import tqdm
 
 from ffclip_jax import inputs, metrics
-from ffclip_jax.batching import in_batches
 from ffclip_jax.errors import CheckpointError, FFCLIPError, InputError
-from ffclip_jax.pipeline import DEFAULT_BATCH, Editor
+from ffclip_jax.pipeline import Editor
 from ffclip_jax.text.prompts import load_prompts
 
 MAX_PROMPTS = 8
@@ -213,13 +212,6 @@ class Engine:
             return cls(editor, scorers=nets, scorer_variables=variables, **kwargs)
         return cls(editor, **kwargs)
 
-    @classmethod
-    def load(cls, weights_dir: str, *, batch_size: int = DEFAULT_BATCH, align=None, cache_dir: Optional[str] = None,
-             scores: bool = True, **kwargs) -> "Engine":
-        """`for_editor` of `Editor.from_pretrained(weights_dir, ...)`."""
-        editor = Editor.from_pretrained(weights_dir, batch_size=batch_size, cache_dir=cache_dir, align=align)
-        return cls.for_editor(editor, scores=scores, **kwargs)
-
     # ---- scores ----------------------------------------------------------------------------------------------
 
     @property
@@ -233,9 +225,9 @@ class Engine:
 
     @functools.cached_property
     def _features_fn(self):
-        """jit x (B, H, W, 3) -> `metrics.image_features`."""
-        return functools.partial(jax.jit(metrics.image_features, static_argnames="nets"), self.scorer_variables,
-                                 nets=self.scorers)
+        """jit x (B, H, W, 3) -> `metrics.image_features`, the scoring networks placed on the Editor's devices."""
+        return functools.partial(jax.jit(metrics.image_features, static_argnames="nets"),
+                                 self.editor.place(self.scorer_variables), nets=self.scorers)
 
     @functools.cached_property
     def _compare_fn(self):
@@ -250,12 +242,12 @@ class Engine:
         return jax.jit(compare)
 
     def features(self, x: np.ndarray) -> Dict[str, np.ndarray]:
-        """Score features {name: (B, F)} of images (B, H, W, 3)."""
-        return in_batches(self._features_fn, [x], self.editor.batch_size)
+        """Score features {name: (B, F)} of images (B, H, W, 3), in the Editor's batches on its devices."""
+        return self.editor.run(self._features_fn, [x])
 
     def scores(self, source_features, edit_features, e) -> np.ndarray:
         """(B, len(score_names)) of rows of source features, edit features and text embeddings (B, D)."""
-        return in_batches(self._compare_fn, [source_features, edit_features, e], self.editor.batch_size)
+        return self.editor.run(self._compare_fn, [source_features, edit_features, e])
 
     # ---- inputs ----------------------------------------------------------------------------------------------
 
@@ -327,9 +319,11 @@ class Engine:
         return self._cache[token]
 
     def _editor_of(self, entry: Entry) -> Editor:
-        """The Editor that renders an entry: the shared one, or a copy holding the entry's own generator."""
+        """The Editor that renders an entry: the shared one, or a copy holding the entry's own generator (placed on
+        the Editor's devices once, so its re-renders run on the same sharded runners)."""
         if entry.generator_variables is None:
             return self.editor
+        entry.generator_variables = self.editor.place(entry.generator_variables)
         editor = copy.copy(self.editor)
         editor.generator = (self.editor.generator[0], entry.generator_variables)
         return editor

@@ -3,7 +3,7 @@ other client thread) runs on that one thread, one at a time: the engine needs no
 buffers come from one malloc arena (the server's memory stays flat whichever worker thread serves a request), and
 many edit requests handed over together (a Gradio batch function's list) run as one `Engine.edit_many` call.
 
-    studio = Studio(Engine.load("weights/ffhq"), workdir)
+    studio = Studio(Engine.for_editor(Editor.from_pretrained("weights/ffhq", devices="all")), workdir)
     studio.warm_up()
     shown = studio.edit_many([EditRequest(source="random", seed=3, prompts="Bald")])[0]   # Shown or FFCLIPError
     shown.files.images[0][0]        # the PNG of source 0, prompt 0; shown.frames.scores (N, P, S)
