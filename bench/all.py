@@ -16,8 +16,8 @@ runs every job without timing (networks built, JAX functions traced, nothing com
 
 A later bench/*.py joins by adding an entry to BENCHMARKS. A whole-script entry runs `script ARGS --json FILE` and
 keeps that JSON; a `row` dict in it (setting, ratio, and optionally jax/torch/peak; the name and target are this
-file's) fills its line in the table. The studio engine's batching benchmark (issue 22: the studio engine measured without a web server)
-joins that way as `studio/engine`; until then its row says it is not measured yet.
+file's) fills its line in the table. A `--one` job's JSON line may carry such a `row` too: the studio engine's batching
+(`studio/jax/engine`, no web server, no gradio) joins that way.
 """
 import argparse
 import dataclasses
@@ -40,8 +40,6 @@ from ffclip_jax.fileio import atomic_write, write_json_atomic  # noqa: E402  (nu
 
 GIB = 2 ** 30
 TARGETS = dict(generator_backward=1.3, train_step=3.0, memory_bytes=16 * GIB, studio_batching=3.0)
-STUDIO_ENGINE_PENDING = ("not yet: needs the studio engine (bench/studio.py measuring its batching without a web "
-                         "server)")
 
 
 @dataclasses.dataclass
@@ -93,13 +91,18 @@ def train_jobs(dev, s, work):
 
 
 def studio_jobs(dev, s, work):
-    """The Gradio server under 1, 4 and 16 clients, batched and not, where gradio is installed: the 1024 model on an
-    accelerator, 32 px on CPU (its 256 px run takes longer than the whole budget there: `bench/studio.py --sizes 256`
-    on its own). The engine-level `studio/engine` job is the studio engine's to add."""
-    if not dev["gradio"]:
-        return []
-    args = ["--quick", "--device"] if dev["platform"] != "cpu" else ["--quick", "--sizes", "32"]
-    return [Job("studio/gradio", "bench/studio.py", args, 300, whole=True, priority=4)]
+    """The studio engine's batching and slider frame time without a web server (`--one engine`, every device image
+    can run it): at the device's size on an accelerator, 32 px on CPU. The Gradio server under 1, 4 and 16 clients,
+    batched and not, where gradio is installed: the 1024 model on an accelerator, 32 px on CPU (its 256 px run takes
+    longer than the whole budget there: `bench/studio.py --sizes 256` on its own)."""
+    accel = dev["platform"] != "cpu"
+    engine = ["--one", "engine", "--size", s["size"] if accel else 32, "--iters", 1 if s["gen_iters"] == 1 else 3]
+    jobs = [Job("studio/jax/engine", "bench/studio.py", engine + (["--device"] if accel else []),
+                300 if accel else 900, priority=2)]
+    if dev["gradio"]:
+        args = ["--part", "gradio"] + (["--quick", "--device"] if accel else ["--quick", "--sizes", "32"])
+        jobs.append(Job("studio/gradio", "bench/studio.py", args, 300, whole=True, priority=4))
+    return jobs
 
 
 def invert_jobs(dev, s, work):
@@ -309,9 +312,8 @@ def rows(results, dev, s):
             out.append(row)
     if any(k.startswith("invert/") for k in results):
         out += invert_table_rows(results, dev, s)
-    out.append(whole_row(results.get("studio/engine"), "studio engine batching",
-                         "16 clients, batched vs one at a time", TARGETS["studio_batching"], accel,
-                         pending=STUDIO_ENGINE_PENDING))
+    out.append(whole_row(results.get("studio/jax/engine"), "studio engine batching",
+                         "16 clients, batched vs one at a time", TARGETS["studio_batching"], accel))
     out.append(whole_row(results.get("studio/gradio"), "studio server (Gradio)", "1/4/16 clients, gradio_client",
                          None, accel, pending=None if dev["gradio"] else "gradio not installed"))
     return out
