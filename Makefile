@@ -83,4 +83,4 @@ bench-all: install-test
 	$(PY) bench/all.py
 
 clean:
-	rm -rf $(VENV) runs
+	rm -rf $(VENV) $(VENV_LATEST) runs

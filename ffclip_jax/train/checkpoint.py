@@ -15,6 +15,7 @@ import ml_collections
 import numpy as np
 
 from ffclip_jax.errors import CheckpointError, ConfigError
+from ffclip_jax.fileio import atomic_output_dir
 from ffclip_jax.models.mapper import DynamicMapper
 from ffclip_jax.models.stylegan2 import n_latent
 from ffclip_jax.sharding import make_mesh, state_sharding
@@ -220,7 +221,7 @@ def export_weights(workdir: str, out_dir: Optional[str] = None, which: str = "be
     mapper_config = dict(n_latent=mapper.n_latent, style_dim=mapper.style_dim, num_blocks=mapper.num_blocks)
     networks = {name: os.path.abspath(config.weights[name])
                 for name in WEIGHTS_NETWORKS if config.weights.get(name)}
-    with pretrained.atomic_output_dir(out_dir, overwrite=True) as tmp:
+    with atomic_output_dir(out_dir, overwrite=True) as tmp:
         pretrained.write_model_dir(tmp, "ffclip_mapper", mapper_config, {"params": params},
                                    extra={"step": int(step)})
         # relative to the final directory, which `tmp` becomes
