@@ -35,7 +35,6 @@ from ffclip_jax.errors import InputError
 from ffclip_jax.losses import arcface_input
 from ffclip_jax.models.lpips import LPIPS
 from ffclip_jax.nn import image_ops
-from ffclip_jax.nn.layers import l2_normalize
 
 Network = Tuple[Any, Any]  # (flax module, variables), what pretrained.load returns
 Progress = Union[bool, Callable[[int, int], None]]
@@ -242,10 +241,8 @@ class _Program(NamedTuple):
     stage: str                      # "w_plus" | "pti"
     generator: Any
     lpips: Any
-    arcface: Any                    # None unless the ID term is on
+    arcface: Any                    # None unless an ArcFace network was given (the ID term)
     loss_size: Optional[int]
-    use_latent: bool
-    use_threshold: bool
     locality: bool
     samples: int
     batching: str
@@ -266,7 +263,8 @@ _STRUCTURAL = ("loss_size", "latent_std_samples", "regularizer_samples", "lpips_
 def _hyper(settings, dtype, **extra) -> Dict[str, jnp.ndarray]:
     """The numeric settings as traced scalars (changing them does not recompile); the structural ones are static."""
     values = {f.name: getattr(settings, f.name) for f in dataclasses.fields(settings) if f.name not in _STRUCTURAL}
-    values["lpips_threshold"] = settings.lpips_threshold or 0.0
+    # no threshold: -inf, which no LPIPS (nor NaN) is <= to
+    values["lpips_threshold"] = -np.inf if settings.lpips_threshold is None else settings.lpips_threshold
     values.update(extra)
     return {k: jnp.asarray(v, jnp.int32 if k == "steps" else dtype) for k, v in values.items()}
 
@@ -293,7 +291,8 @@ def _lpips_to(program: _Program, lvars, x, target_features):
 
 
 def _arcface_features(program: _Program, avars, x):
-    return l2_normalize(program.arcface.apply(avars, arcface_input(x)))
+    """ArcFace's unit-length identity features of images at any size (the ID loss's pooling and crop)."""
+    return program.arcface.apply(avars, arcface_input(x))
 
 
 def _image_losses(program, shared, image, target):
@@ -324,7 +323,7 @@ def _loss(program: _Program, shared, per, x, step):
     if program.arcface is not None:
         loss = loss + hp["id_weight"] * (1.0 - jnp.sum(_arcface_features(program, shared["arcface"], image)[0]
                                                        * per["target"]["identity"]))
-    if program.use_latent:
+    if program.stage == "w_plus":  # always compiled in (a few flops), so its weight is traced like the others
         loss = loss + hp["latent_weight"] * jnp.mean(jnp.square(x - per["start"]))
     if program.stage == "pti" and program.locality:
         loss = loss + _locality(program, shared, per, x, step)
@@ -363,7 +362,7 @@ def _step(program: _Program, shared, per, s: _State) -> _State:
     hp = shared["hp"]
     (loss, lp), grads = jax.value_and_grad(lambda x: _loss(program, shared, per, x, s.step), has_aux=True)(s.x)
     finite = jnp.isfinite(loss) & _all_finite(grads)
-    reached = program.use_threshold & (lp <= hp["lpips_threshold"])
+    reached = lp <= hp["lpips_threshold"]
     lr = hp["lr"]
     if program.stage == "w_plus":
         lr = lr * lr_ramp(_time(s.step, hp), hp["lr_rampup"], hp["lr_rampdown"])
@@ -499,8 +498,9 @@ def refine_w_plus(generator: Network, lpips: Network, codes, targets, settings: 
                   arcface: Optional[Network] = None, seed: int = 0, progress: Progress = True,
                   chunk_steps: int = 10) -> WPlusResult:
     """Adam on w+ from `codes` (N, L, D) (the e4e codes) towards `targets` (N, size, size, 3) in [-1, 1].
-    generator, lpips (VGG for upstream's loss), arcface: (module, variables) pairs. progress: True (tqdm), False, or
-    callable(done_steps, total_steps). Returns WPlusResult (codes (N, L, D) float, per-image steps and losses)."""
+    generator, lpips (VGG for upstream's loss), arcface: (module, variables) pairs; give arcface only for the ID term
+    (it is then computed every step, whatever id_weight). progress: True (tqdm), False, or callable(done_steps,
+    total_steps). Returns WPlusResult (codes (N, L, D), per-image steps and losses)."""
     check_settings(settings)
     _check_call(generator, lpips, arcface, chunk_steps)
     G, gvars = generator
@@ -509,8 +509,8 @@ def refine_w_plus(generator: Network, lpips: Network, codes, targets, settings: 
     if settings.id_weight > 0 and arcface is None:
         raise InputError("WPlusSettings.id_weight > 0 needs an ArcFace network: pass arcface=(module, variables)")
     dtype = codes.dtype
-    program = _Program("w_plus", G, lpips[0], arcface[0] if settings.id_weight > 0 else None, settings.loss_size,
-                       settings.latent_weight > 0, settings.lpips_threshold is not None, False, 1, "vmap")
+    program = _Program("w_plus", G, lpips[0], None if arcface is None else arcface[0], settings.loss_size, False, 1,
+                       "vmap")
     latent_std = (float(_latent_std(G, gvars, settings.latent_std_samples, jax.random.split(jax.random.PRNGKey(seed))[1]))
                   if settings.w_noise > 0 else 0.0)
     shared = dict(generator=gvars, lpips=lpips[1], arcface=arcface[1] if program.arcface is not None else None,
@@ -548,8 +548,8 @@ def refine_pti(generator: Network, lpips: Network, pivots, targets, settings: PT
     G, gvars = generator
     pivots = _check_codes(G, pivots, "pivots")
     targets = _check_targets(G, targets, pivots.shape[0], "pivots", pivots.dtype)
-    program = _Program("pti", G, lpips[0], None, settings.loss_size, False, settings.lpips_threshold is not None,
-                       settings.locality, settings.regularizer_samples, _batching(batching))
+    program = _Program("pti", G, lpips[0], None, settings.loss_size, settings.locality, settings.regularizer_samples,
+                       _batching(batching))
     n = pivots.shape[0]
     shared = dict(generator=gvars, lpips=lpips[1], arcface=None, hp=_hyper(settings, pivots.dtype))
     per = dict(key=image_keys(seed, n), pivot=pivots, target=_target_constants_jit(program, shared, targets))

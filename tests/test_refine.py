@@ -6,6 +6,7 @@ refined from a perturbed code; 1 skimage's astronaut (outside the generator's ra
 with a NaN. Also: one step of each stage against the PyTorch reference loop (tests/torch_ref/refine.py: our torch
 generator + torch LPIPS + torch.optim.Adam), a tuned generator saved and reloaded, upstream's schedules, bad settings.
 """
+import dataclasses
 import math
 import warnings
 
@@ -60,11 +61,11 @@ def nets():
                 lvars=jax.device_put(lvars))
 
 
-def astronaut():
-    """skimage's astronaut, area-resized to the generator's size, in [-1, 1]."""
+def astronaut(size=SIZE):
+    """skimage's astronaut, area-resized to `size`, in [-1, 1]."""
     import skimage.data
 
-    image = Image.fromarray(skimage.data.astronaut()).resize((SIZE, SIZE), Image.BOX)
+    image = Image.fromarray(skimage.data.astronaut()).resize((size, size), Image.BOX)
     return np.asarray(image, np.float32) / 127.5 - 1
 
 
@@ -206,48 +207,91 @@ def adam_step_bound(truth_grad, bound, lr, eps, truth_after, dtype_eps):
     return lr * reach + dtype_eps * (np.abs(truth_after) + 4 * lr)
 
 
-def check_step(name, ours, torch32, truth, grad32, grad_truth, lr, eps=1e-8):
+def check_step(name, ours, torch32, truth, grad32, grad_truth, lr, ours_dtype, eps=1e-8):
     """ours / torch32 / truth: parameters after one step; grad32 / grad_truth: PyTorch's float32 and float64
-    gradients. Our step within the Adam reach of MARGIN x PyTorch's own float32 gradient error (max over the array,
-    float32 eps of the largest gradient as a floor) around the truth; PyTorch's own float32 step within the reach of
-    its exact per-element error (the bound's derivation checked on the other framework)."""
+    gradients. PyTorch's float32 step must lie within the Adam reach of its own per-element gradient error (the
+    bound's derivation checked on the other framework); ours, in float32, within the reach of MARGIN x PyTorch's
+    float32 gradient error (max over the array; float32 eps of the largest gradient as a floor), in float64 within
+    the reach of MARGIN x EPS_RATIO x (that bound + PyTorch's float32 error)."""
     scale = np.abs(grad_truth).max()
     torch_err = np.abs(grad32 - grad_truth)
     bound = MARGIN * max(torch_err.max(), EPS32 * scale)
-    tol = adam_step_bound(grad_truth, bound, lr, eps, truth, EPS32)
-    err = np.abs(ours - truth)
     assert np.all(np.abs(torch32 - truth) <= adam_step_bound(grad_truth, torch_err, lr, eps, truth, EPS32)), name
-    decided = np.abs(grad_truth) > bound  # elements whose update direction no float32 error can flip
+    if ours_dtype == np.float64:
+        bound = MARGIN * EPS_RATIO * (bound + torch_err.max())
+    tol = adam_step_bound(grad_truth, bound, lr, eps, truth, float(np.finfo(ours_dtype).eps))
+    err = np.abs(ours - truth)
     assert np.all(err <= tol), (name, err.max(), np.argmax(err - tol))
-    print(f"{name}: step max {err.max():.2g} mean {err.mean():.2g} (PyTorch float32 max "
-          f"{np.abs(torch32 - truth).max():.2g}); gradient error bound {bound / max(scale, 1e-300):.2g} of the "
+    decided = np.abs(grad_truth) > bound  # elements whose update direction no such error can flip
+    print(f"{name} ({np.dtype(ours_dtype).name}): step max {err.max():.2g} mean {err.mean():.2g} (PyTorch float32 "
+          f"max {np.abs(torch32 - truth).max():.2g}); gradient error bound {bound / max(scale, 1e-300):.2g} of the "
           f"largest; {decided.mean():.1%} of the updates beyond its reach")
-    return err
 
 
-def test_w_plus_step_matches_pytorch(nets, batch):
-    """One W+ step (LPIPS + MSE, lr without ramp, no latent noise) on the shared batch without its NaN image,
-    against PyTorch's (autograd through our torch generator and LPIPS, torch.optim.Adam) in float32 and float64."""
+def parity_batch(batch):
+    """The shared batch with the NaN image replaced by the astronaut mirrored."""
     _, start, targets = batch
     targets = targets.copy()
     targets[2] = targets[1][:, ::-1]
-    settings = refine.WPlusSettings(steps=1, lr=0.01, lr_rampup=0.0, w_noise=0.0, l2_weight=1.0)
-    ours = refine.refine_w_plus((nets["G"], nets["gvars"]), (nets["L"], nets["lvars"]), start, targets, settings,
-                                progress=False)
-    assert not ours.failed.any() and list(ours.steps) == [1, 1, 1]
+    return start, targets
 
-    def torch_step(dtype):
-        g, tl = nets["tg"].to(dtype), nets["tl"].to(dtype)
-        loop = torch_refine.WPlusLoop(g, tl, torch.from_numpy(start).to(dtype), nchw(targets).to(dtype), steps=1,
-                                      lr=settings.lr, lr_rampup=0.0, lr_rampdown=settings.lr_rampdown,
-                                      lpips_weight=1.0, l2_weight=1.0, loss_size=settings.loss_size)
+
+def run_ours(fn, nets, start, targets, settings, dtype, **kwargs):
+    """A refinement in `dtype` (float64: networks, inputs and arithmetic in float64)."""
+    cast = lambda tree: jax.tree.map(lambda a: np.asarray(a, dtype), tree)
+    with jax.enable_x64(dtype == np.float64):
+        return fn((nets["G"], cast(nets["gvars"])), (nets["L"], cast(nets["lvars"])), start.astype(dtype),
+                  targets.astype(dtype), settings, progress=False, **kwargs)
+
+
+def w_plus_step_parity(nets, start, targets, settings, dtype):
+    ours = run_ours(refine.refine_w_plus, nets, start, targets, settings, dtype)
+    assert not ours.failed.any() and np.all(ours.steps == 1) and ours.codes.dtype == dtype
+
+    def torch_step(torch_dtype):
+        g, tl = nets["tg"].to(torch_dtype), nets["tl"].to(torch_dtype)
+        loop = torch_refine.WPlusLoop(g, tl, torch.from_numpy(start).to(torch_dtype),
+                                      nchw(targets).to(torch_dtype), steps=1, lr=settings.lr, lr_rampup=0.0,
+                                      lr_rampdown=settings.lr_rampdown, lpips_weight=settings.lpips_weight,
+                                      l2_weight=settings.l2_weight, loss_size=settings.loss_size)
         loop.step(0)
         out = loop.w.detach().numpy().astype(np.float64), loop.w.grad.numpy().astype(np.float64)
         g.float(), tl.float()
         return out
 
     (torch32, grad32), (truth, grad_truth) = torch_step(torch.float32), torch_step(torch.float64)
-    check_step("W+ codes", ours.codes.astype(np.float64), torch32, truth, grad32, grad_truth, settings.lr)
+    check_step("W+ codes", ours.codes.astype(np.float64), torch32, truth, grad32, grad_truth, settings.lr, dtype)
+
+
+W_PLUS_STEP = refine.WPlusSettings(steps=1, lr=0.01, lr_rampup=0.0, w_noise=0.0, l2_weight=1.0)
+
+
+@pytest.mark.parametrize("dtype", [np.float32, pytest.param(np.float64, marks=pytest.mark.slow)])
+def test_w_plus_step_matches_pytorch(nets, batch, dtype):
+    """One W+ step (LPIPS + MSE, lr without ramp, no latent noise) on the shared batch (its NaN image replaced),
+    against PyTorch's (autograd through our torch generator and LPIPS, torch.optim.Adam)."""
+    w_plus_step_parity(nets, *parity_batch(batch), W_PLUS_STEP, dtype)
+
+
+@pytest.mark.slow
+def test_w_plus_step_area_downsampling_vgg():
+    """W+ at 64 px with the losses on images area-averaged to 32 (the projectors' rule, here loss_size 32 for 256)
+    and LPIPS-VGG (upstream's W+ perceptual loss), one step against PyTorch's F.interpolate(mode='area')."""
+    torch.manual_seed(1)
+    tg = randomize_(TorchGenerator(64, STYLE_DIM, n_mlp=2, channel_multiplier=1, channel_max=CHANNELS), seed=1)
+    tg = tg.eval().requires_grad_(False)
+    latent_avg = torch.randn(STYLE_DIM) * 0.1
+    config, gvars = convert_state_dict({k: v.numpy() for k, v in tg.state_dict().items()}, latent_avg.numpy(),
+                                       overrides=dict(channel_max=CHANNELS, channel_multiplier=1))
+    G = Generator(**dict(config, blur_kernel=tuple(config["blur_kernel"])))
+    tl = torch_lpips.build("vgg", seed=1)
+    _, lvars = convert_state_dicts({k: v.numpy() for k, v in tl.backbone_state_dict(
+        torch_lpips.small_classifier("vgg")).items()}, {k: v.numpy() for k, v in tl.heads_state_dict().items()}, "vgg")
+    rs = np.random.RandomState(1)
+    start = (0.3 * rs.randn(2, G.n_latent, STYLE_DIM)).astype(np.float32)
+    targets = np.stack([astronaut(64), rs.uniform(-1, 1, (64, 64, 3)).astype(np.float32)])
+    nets = dict(tg=tg, G=G, gvars=gvars, tl=tl, L=LPIPS("vgg"), lvars=lvars)
+    w_plus_step_parity(nets, start, targets, dataclasses.replace(W_PLUS_STEP, loss_size=32), np.float32)
 
 
 def jax_layout(tg, named, latent_avg, dtype):
@@ -260,27 +304,29 @@ def jax_layout(tg, named, latent_avg, dtype):
     return apply_rules(sd, RULES, expected, ignore=IGNORE, dtype=dtype)["params"]
 
 
-def test_pti_step_matches_pytorch(nets, batch):
+@pytest.mark.parametrize("dtype, batching", [(np.float32, "map"), pytest.param(np.float32, "vmap", marks=pytest.mark.slow),
+                                             pytest.param(np.float64, "map", marks=pytest.mark.slow)])
+def test_pti_step_matches_pytorch(nets, batch, dtype, batching):
     """One PTI step (MSE + LPIPS + the locality regulariser at the z the run draws) per image, against PyTorch's
-    (autograd through our torch generator and LPIPS, torch.optim.Adam over every parameter) in float32 and float64:
-    every parameter of each tuned generator."""
-    _, start, targets = batch
-    targets = targets.copy()
-    targets[2] = targets[1][:, ::-1]
+    (autograd through our torch generator and LPIPS, torch.optim.Adam over every parameter): every parameter of the
+    tuned generators of the in-range image and the astronaut; per-image weights one image at a time (map, XLA:CPU's
+    choice) or batched (vmap: grouped convolutions)."""
+    start, targets = parity_batch(batch)
     settings = refine.PTISettings(steps=1, lpips_threshold=0.0)
-    ours = refine.refine_pti((nets["G"], nets["gvars"]), (nets["L"], nets["lvars"]), start, targets, settings,
-                             progress=False)
+    ours = run_ours(refine.refine_pti, nets, start, targets, settings, dtype, batching=batching)
     assert not ours.failed.any() and list(ours.steps) == [1, 1, 1]
-    keys = refine.image_keys(0, 3)
+    with jax.enable_x64(dtype == np.float64):
+        keys = refine.image_keys(0, 3)
+        z = [np.array(refine.locality_z(keys[i], 0, 1, STYLE_DIM, dtype)) for i in range(2)]
 
-    def torch_step(i, dtype):
-        g, tl = nets["tg"].to(dtype), nets["tl"].to(dtype)
-        loop = torch_refine.PTILoop(g, tl, torch.from_numpy(start[i:i + 1]).to(dtype), nchw(targets[i:i + 1]).to(dtype),
-                                    lr=settings.lr, l2_weight=1.0, lpips_weight=1.0, alpha=settings.regularizer_alpha,
+    def torch_step(i, torch_dtype):
+        g, tl = nets["tg"].to(torch_dtype), nets["tl"].to(torch_dtype)
+        loop = torch_refine.PTILoop(g, tl, torch.from_numpy(start[i:i + 1]).to(torch_dtype),
+                                    nchw(targets[i:i + 1]).to(torch_dtype), lr=settings.lr, l2_weight=1.0,
+                                    lpips_weight=1.0, alpha=settings.regularizer_alpha,
                                     reg_l2=settings.regularizer_l2_weight, reg_lpips=settings.regularizer_lpips_weight,
-                                    truncation=settings.truncation, latent_avg=nets["latent_avg"].to(dtype))
-        z = np.array(refine.locality_z(keys[i], 0, 1, STYLE_DIM))
-        loop.step(torch.from_numpy(z).to(dtype))
+                                    truncation=settings.truncation, latent_avg=nets["latent_avg"].to(torch_dtype))
+        loop.step(torch.from_numpy(z[i]).to(torch_dtype))
         named = dict(loop.g.named_parameters())
         grads = {k: p.grad if p.grad is not None else torch.zeros_like(p) for k, p in named.items()}
         out = (jax_layout(loop.g, named, nets["latent_avg"], np.float64),
@@ -288,14 +334,39 @@ def test_pti_step_matches_pytorch(nets, batch):
         g.float(), tl.float()
         return out
 
-    for i in range(2):  # the in-range image and the astronaut (the third is the astronaut mirrored)
+    flat = lambda tree: {jax.tree_util.keystr(p): np.asarray(v, np.float64)
+                         for p, v in jax.tree_util.tree_flatten_with_path(tree)[0]}
+    for i in range(2):  # the third image is the astronaut mirrored
         (torch32, grad32), (truth, grad_truth) = torch_step(i, torch.float32), torch_step(i, torch.float64)
-        mine = ours.variables(i)["params"]
-        flat = lambda tree: {jax.tree_util.keystr(p): np.asarray(v, np.float64)
-                             for p, v in jax.tree_util.tree_flatten_with_path(tree)[0]}
-        t32, tt, g32, gt, ours_i = map(flat, (torch32, truth, grad32, grad_truth, mine))
+        t32, tt, g32, gt, mine = map(flat, (torch32, truth, grad32, grad_truth, ours.variables(i)["params"]))
         for k in tt:
-            check_step(f"image {i} {k}", ours_i[k], t32[k], tt[k], g32[k], gt[k], settings.lr)
+            check_step(f"image {i} {k}", mine[k], t32[k], tt[k], g32[k], gt[k], settings.lr, dtype)
+
+
+@pytest.mark.slow
+def test_identity_and_latent_terms(nets, batch):
+    """The optional terms act: with id_weight the ArcFace distance to the target ends lower than without; with
+    latent_weight the code ends nearer its start (the astronaut, 10 steps of upstream's lr 0.1)."""
+    from ffclip_jax import losses, tiny
+    from ffclip_jax.models.arcface import Backbone
+
+    module, rng = Backbone(**tiny.ARCFACE), np.random.RandomState(2)
+    shapes = jax.eval_shape(module.init, jax.random.PRNGKey(0), jnp.zeros((1, 112, 112, 3)))
+    arcface = module, jax.tree_util.tree_map_with_path(lambda p, leaf: tiny._random_like(p, leaf, rng), shapes)
+    _, start, targets = batch
+    start, targets = start[1:2], targets[1:2]
+    base = refine.WPlusSettings(steps=10, l2_weight=1.0)  # the three runs share one compiled program
+    run = lambda s: refine.refine_w_plus((nets["G"], nets["gvars"]), (nets["L"], nets["lvars"]), start, targets, s,
+                                         arcface=arcface, progress=False)
+    plain, with_id = run(base), run(dataclasses.replace(base, id_weight=1.0))
+    pulled = run(dataclasses.replace(base, latent_weight=100.0))
+    render = jax.jit(lambda v, w: nets["G"].apply(v, w, input_is_latent=True))
+    identity = lambda codes: float(losses.id_loss(arcface, render(nets["gvars"], codes), jnp.asarray(targets)))
+    print(f"ID distance: plain {identity(plain.codes):.4f}, with the ID term {identity(with_id.codes):.4f}")
+    assert identity(with_id.codes) < identity(plain.codes)
+    moved = lambda r: float(np.linalg.norm(r.codes - start))
+    print(f"|w - w0|: plain {moved(plain):.3f}, pulled {moved(pulled):.3f}")
+    assert moved(pulled) < moved(plain)
 
 
 # ---- schedules and settings -----------------------------------------------------------------------------------------
