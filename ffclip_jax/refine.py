@@ -32,7 +32,6 @@ import numpy as np
 import optax
 
 from ffclip_jax.errors import InputError
-from ffclip_jax.losses import arcface_input
 from ffclip_jax.models.lpips import LPIPS
 from ffclip_jax.nn import image_ops
 
@@ -42,6 +41,7 @@ Progress = Union[bool, Callable[[int, int], None]]
 # per-image status inside the loop
 RUNNING, DONE, CONVERGED, FAILED = 0, 1, 2, 3
 BATCHINGS = ("auto", "vmap", "map")
+LOOPS = ("auto", "compiled", "python")
 
 
 @dataclasses.dataclass(frozen=True)
@@ -199,6 +199,14 @@ def _check_targets(generator, targets, n: int, what: str, dtype):
     return targets.astype(dtype)
 
 
+def _loop(loop: str) -> str:
+    if loop not in LOOPS:
+        raise InputError(f"loop must be one of {', '.join(LOOPS)}, got {loop!r}")
+    if loop == "auto":  # XLA:CPU runs convolution gradients inside while loops without its fast kernels (README)
+        return "python" if jax.default_backend() == "cpu" else "compiled"
+    return loop
+
+
 def _batching(batching: str) -> str:
     if batching not in BATCHINGS:
         raise InputError(f"batching must be one of {', '.join(BATCHINGS)}, got {batching!r}")
@@ -245,7 +253,8 @@ class _Program(NamedTuple):
     loss_size: Optional[int]
     locality: bool
     samples: int
-    batching: str
+    batching: str                   # "vmap" | "map": the images in one batched program, or one at a time
+    loop: str                       # "compiled" | "python": steps in a compiled while loop, or one call per step
 
 
 class _State(NamedTuple):
@@ -292,6 +301,8 @@ def _lpips_to(program: _Program, lvars, x, target_features):
 
 def _arcface_features(program: _Program, avars, x):
     """ArcFace's unit-length identity features of images at any size (the ID loss's pooling and crop)."""
+    from ffclip_jax.losses import arcface_input  # here: losses imports CLIP (transformers), slow to import
+
     return program.arcface.apply(avars, arcface_input(x))
 
 
@@ -368,11 +379,13 @@ def _step(program: _Program, shared, per, s: _State) -> _State:
         lr = lr * lr_ramp(_time(s.step, hp), hp["lr_rampup"], hp["lr_rampdown"])
     updates, opt = _adam(hp).update(grads, s.opt)
     x = jax.tree.map(lambda p, u: p - lr * u, s.x, updates)
-    move = finite & ~reached
+    active = s.status == RUNNING  # a stopped image stays as it is
+    move = active & finite & ~reached
     keep = lambda new, old: jax.tree.map(lambda a, b: jnp.where(move, a, b), new, old)
     step = s.step + move.astype(s.step.dtype)
     status = jnp.where(~finite, FAILED, jnp.where(reached, CONVERGED, jnp.where(step >= hp["steps"], DONE, RUNNING)))
-    return _State(step, status.astype(s.status.dtype), keep(x, s.x), keep(opt, s.opt), lp)
+    status = jnp.where(active, status, s.status).astype(s.status.dtype)
+    return _State(step, status, keep(x, s.x), keep(opt, s.opt), jnp.where(active, lp, s.lpips))
 
 
 def _per_image(program: _Program, fn, per, shared, *rest):
@@ -391,6 +404,11 @@ def _chunk(program: _Program, state: _State, end, per, shared) -> _State:
 
 
 _chunk_jit = jax.jit(_chunk, static_argnums=0, donate_argnums=1)
+# the python loop's units: one step of every image (vmap) or of one image
+_step_all_jit = jax.jit(lambda program, state, per, shared: jax.vmap(
+    lambda p, s: _step(program, shared, p, s))(per, state), static_argnums=0, donate_argnums=1)
+_step_one_jit = jax.jit(lambda program, state, per, shared: _step(program, shared, per, state), static_argnums=0,
+                        donate_argnums=1)
 
 
 def _evaluate(program: _Program, x, per, shared):
@@ -404,7 +422,12 @@ def _evaluate(program: _Program, x, per, shared):
     return _per_image(program, one, per, shared, x)
 
 
-_evaluate_jit = jax.jit(_evaluate, static_argnums=0)
+_evaluate_jit = jax.jit(lambda program, *args: _evaluate(program, *args), static_argnums=0)
+
+
+def _evaluated(program: _Program, x, per, shared):
+    """_evaluate, compiled once whatever the loop and the regulariser (they do not enter it)."""
+    return _evaluate_jit(program._replace(loop="-", locality=False, samples=1), x, per, shared)
 
 
 def _target_constants(program: _Program, shared, targets):
@@ -443,23 +466,47 @@ def _progress_reporter(progress: Progress, total: int, desc: str):
     return report, bar.close
 
 
+def _unstack(tree, n: int):
+    return [jax.tree.map(lambda a: a[i], tree) for i in range(n)]
+
+
+def _advance(program: _Program, state, done: int, end: int, per, shared):
+    """Steps `done` .. `end` of every running image. compiled: one call (a while loop per image); python: one call
+    per step (of all images: vmap; of each running image: map, `state` and `per` then lists)."""
+    if program.loop == "compiled":
+        return _chunk_jit(program, state, jnp.int32(end), per, shared)
+    for _ in range(done, end):
+        if program.batching == "vmap":
+            state = _step_all_jit(program, state, per, shared)
+        else:
+            state = [_step_one_jit(program, s, p, shared) if int(s.status) == RUNNING else s
+                     for s, p in zip(state, per)]
+    return state
+
+
 def _run(program: _Program, state: _State, per, shared, steps: int, chunk_steps: int, progress: Progress,
          desc: str) -> _State:
-    """The Python side: one compiled call per chunk of steps, the progress bar between them."""
+    """The Python side: the steps in chunks of `chunk_steps` (`_advance`), the progress bar between them."""
+    listed = program.loop == "python" and program.batching == "map"
+    n = state.step.shape[0]
+    if listed:
+        state, per = _unstack(state, n), _unstack(per, n)
     report, close = _progress_reporter(progress, steps, desc)
     try:
         done = 0
         while done < steps:
-            done = min(steps, done + chunk_steps)
-            state = _chunk_jit(program, state, jnp.int32(done), per, shared)
-            status = np.asarray(state.status)
+            end = min(steps, done + chunk_steps)
+            state = _advance(program, state, done, end, per, shared)
+            done = end
+            status = np.array([int(s.status) for s in state]) if listed else np.asarray(state.status)
+            lpips = np.array([float(s.lpips) for s in state]) if listed else np.asarray(state.lpips)
             running = status == RUNNING
-            report(done if running.any() else steps, float(np.mean(np.asarray(state.lpips))))
+            report(done if running.any() else steps, float(np.mean(lpips)))
             if not running.any():
                 break
     finally:
         close()
-    return state
+    return jax.tree.map(lambda *xs: jnp.stack(xs), *state) if listed else state
 
 
 def _failure_messages(stage: str, status, steps, lpips, mse, kept: str):
@@ -496,11 +543,13 @@ def _check_call(generator: Network, lpips: Network, arcface: Optional[Network], 
 
 def refine_w_plus(generator: Network, lpips: Network, codes, targets, settings: WPlusSettings = WPlusSettings(), *,
                   arcface: Optional[Network] = None, seed: int = 0, progress: Progress = True,
-                  chunk_steps: int = 10) -> WPlusResult:
+                  chunk_steps: int = 10, loop: str = "auto") -> WPlusResult:
     """Adam on w+ from `codes` (N, L, D) (the e4e codes) towards `targets` (N, size, size, 3) in [-1, 1].
     generator, lpips (VGG for upstream's loss), arcface: (module, variables) pairs; give arcface only for the ID term
     (it is then computed every step, whatever id_weight). progress: True (tqdm), False, or callable(done_steps,
-    total_steps). Returns WPlusResult (codes (N, L, D), per-image steps and losses)."""
+    total_steps), called every `chunk_steps` steps. loop: 'compiled' (the steps of a chunk in one compiled while
+    loop), 'python' (one compiled call per step), 'auto' (python on CPU, compiled on GPU/TPU). Returns WPlusResult
+    (codes (N, L, D), per-image steps and losses)."""
     check_settings(settings)
     _check_call(generator, lpips, arcface, chunk_steps)
     G, gvars = generator
@@ -510,17 +559,17 @@ def refine_w_plus(generator: Network, lpips: Network, codes, targets, settings: 
         raise InputError("WPlusSettings.id_weight > 0 needs an ArcFace network: pass arcface=(module, variables)")
     dtype = codes.dtype
     program = _Program("w_plus", G, lpips[0], None if arcface is None else arcface[0], settings.loss_size, False, 1,
-                       "vmap")
+                       "vmap", _loop(loop))
     latent_std = (float(_latent_std(G, gvars, settings.latent_std_samples, jax.random.split(jax.random.PRNGKey(seed))[1]))
                   if settings.w_noise > 0 else 0.0)
     shared = dict(generator=gvars, lpips=lpips[1], arcface=arcface[1] if program.arcface is not None else None,
                   hp=_hyper(settings, dtype, latent_std=latent_std))
     per = dict(key=image_keys(seed, codes.shape[0]), start=codes,
                target=_target_constants_jit(program, shared, targets))
-    start = [np.asarray(a) for a in _evaluate_jit(program, codes, per, shared)]
+    start = [np.asarray(a) for a in _evaluated(program, codes, per, shared)]
     state = _run(program, _init_state(program, jnp.array(codes), shared["hp"]), per, shared, settings.steps,
                  chunk_steps, progress, "W+ refinement")
-    final = [np.asarray(a) for a in _evaluate_jit(program, state.x, per, shared)]
+    final = [np.asarray(a) for a in _evaluated(program, state.x, per, shared)]
     status, steps = np.asarray(state.status), np.asarray(state.step)
     messages = _failure_messages("W+", status, steps, *final, "the input (e4e) code")
     summary = _summary(status, steps, start, final, messages)
@@ -538,26 +587,28 @@ def _latent_std(G, gvars, samples: int, key):
 # ---- PTI ---------------------------------------------------------------------------------------------------------
 
 def refine_pti(generator: Network, lpips: Network, pivots, targets, settings: PTISettings = PTISettings(), *,
-               seed: int = 0, progress: Progress = True, chunk_steps: int = 10, batching: str = "auto") -> PTIResult:
+               seed: int = 0, progress: Progress = True, chunk_steps: int = 10, batching: str = "auto",
+               loop: str = "auto") -> PTIResult:
     """Pivotal tuning: per image, the generator's params tuned from `generator`'s around the fixed pivot code
     (N, L, D) towards `targets` (N, size, size, 3) in [-1, 1]. lpips: LPIPS(alex) for upstream's loss. batching:
     'vmap' (per-image weights batched: grouped convolutions), 'map' (one image at a time), 'auto' (map on CPU, vmap
-    on GPU/TPU). Returns PTIResult (stacked per-image params, shared buffers, pivots, per-image steps and losses)."""
+    on GPU/TPU). progress, chunk_steps, loop: as refine_w_plus. Returns PTIResult (stacked per-image params, shared
+    buffers, pivots, per-image steps and losses)."""
     check_settings(settings)
     _check_call(generator, lpips, None, chunk_steps)
     G, gvars = generator
     pivots = _check_codes(G, pivots, "pivots")
     targets = _check_targets(G, targets, pivots.shape[0], "pivots", pivots.dtype)
     program = _Program("pti", G, lpips[0], None, settings.loss_size, settings.locality, settings.regularizer_samples,
-                       _batching(batching))
+                       _batching(batching), _loop(loop))
     n = pivots.shape[0]
     shared = dict(generator=gvars, lpips=lpips[1], arcface=None, hp=_hyper(settings, pivots.dtype))
     per = dict(key=image_keys(seed, n), pivot=pivots, target=_target_constants_jit(program, shared, targets))
     params = _stacked(gvars["params"], n)
-    start = [np.asarray(a) for a in _evaluate_jit(program, params, per, shared)]
+    start = [np.asarray(a) for a in _evaluated(program, params, per, shared)]
     state = _run(program, _init_state(program, params, shared["hp"]), per, shared, settings.steps, chunk_steps,
                  progress, "PTI")
-    final = [np.asarray(a) for a in _evaluate_jit(program, state.x, per, shared)]
+    final = [np.asarray(a) for a in _evaluated(program, state.x, per, shared)]
     status, steps = np.asarray(state.status), np.asarray(state.step)
     messages = _failure_messages("PTI", status, steps, *final, "the original generator")
     summary = _summary(status, steps, start, final, messages)

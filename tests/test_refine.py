@@ -244,8 +244,8 @@ def run_ours(fn, nets, start, targets, settings, dtype, **kwargs):
                   targets.astype(dtype), settings, progress=False, **kwargs)
 
 
-def w_plus_step_parity(nets, start, targets, settings, dtype):
-    ours = run_ours(refine.refine_w_plus, nets, start, targets, settings, dtype)
+def w_plus_step_parity(nets, start, targets, settings, dtype, loop="auto"):
+    ours = run_ours(refine.refine_w_plus, nets, start, targets, settings, dtype, loop=loop)
     assert not ours.failed.any() and np.all(ours.steps == 1) and ours.codes.dtype == dtype
 
     def torch_step(torch_dtype):
@@ -266,11 +266,13 @@ def w_plus_step_parity(nets, start, targets, settings, dtype):
 W_PLUS_STEP = refine.WPlusSettings(steps=1, lr=0.01, lr_rampup=0.0, w_noise=0.0, l2_weight=1.0)
 
 
-@pytest.mark.parametrize("dtype", [np.float32, pytest.param(np.float64, marks=pytest.mark.slow)])
-def test_w_plus_step_matches_pytorch(nets, batch, dtype):
+@pytest.mark.parametrize("dtype, loop", [(np.float32, "python"), (np.float32, "compiled"),
+                                         pytest.param(np.float64, "python", marks=pytest.mark.slow)])
+def test_w_plus_step_matches_pytorch(nets, batch, dtype, loop):
     """One W+ step (LPIPS + MSE, lr without ramp, no latent noise) on the shared batch (its NaN image replaced),
-    against PyTorch's (autograd through our torch generator and LPIPS, torch.optim.Adam)."""
-    w_plus_step_parity(nets, *parity_batch(batch), W_PLUS_STEP, dtype)
+    against PyTorch's (autograd through our torch generator and LPIPS, torch.optim.Adam), with the steps driven one
+    call each (CPU's default) and in a compiled while loop (GPU/TPU's)."""
+    w_plus_step_parity(nets, *parity_batch(batch), W_PLUS_STEP, dtype, loop)
 
 
 @pytest.mark.slow
@@ -304,16 +306,20 @@ def jax_layout(tg, named, latent_avg, dtype):
     return apply_rules(sd, RULES, expected, ignore=IGNORE, dtype=dtype)["params"]
 
 
-@pytest.mark.parametrize("dtype, batching", [(np.float32, "map"), pytest.param(np.float32, "vmap", marks=pytest.mark.slow),
-                                             pytest.param(np.float64, "map", marks=pytest.mark.slow)])
-def test_pti_step_matches_pytorch(nets, batch, dtype, batching):
+@pytest.mark.parametrize("dtype, batching, loop", [
+    (np.float32, "map", "python"),
+    pytest.param(np.float32, "vmap", "compiled", marks=pytest.mark.slow),
+    pytest.param(np.float32, "map", "compiled", marks=pytest.mark.slow),
+    pytest.param(np.float64, "map", "python", marks=pytest.mark.slow)])
+def test_pti_step_matches_pytorch(nets, batch, dtype, batching, loop):
     """One PTI step (MSE + LPIPS + the locality regulariser at the z the run draws) per image, against PyTorch's
     (autograd through our torch generator and LPIPS, torch.optim.Adam over every parameter): every parameter of the
-    tuned generators of the in-range image and the astronaut; per-image weights one image at a time (map, XLA:CPU's
-    choice) or batched (vmap: grouped convolutions)."""
+    tuned generators of the in-range image and the astronaut; per-image weights one image at a time (map) or batched
+    (vmap: grouped convolutions), the steps one call each (python) or in a compiled while loop: CPU's defaults (map,
+    python) here, GPU/TPU's (vmap, compiled) and the others in the slow suite."""
     start, targets = parity_batch(batch)
     settings = refine.PTISettings(steps=1, lpips_threshold=0.0)
-    ours = run_ours(refine.refine_pti, nets, start, targets, settings, dtype, batching=batching)
+    ours = run_ours(refine.refine_pti, nets, start, targets, settings, dtype, batching=batching, loop=loop)
     assert not ours.failed.any() and list(ours.steps) == [1, 1, 1]
     with jax.enable_x64(dtype == np.float64):
         keys = refine.image_keys(0, 3)
@@ -412,6 +418,7 @@ def test_bad_inputs(nets, batch):
         (lambda: refine.refine_w_plus(gen, lp, start[:2], targets), "2 codes for 3 target images"),
         (lambda: refine.refine_pti(gen, lp, start[:, :7], targets), r"pivots: expected float w\+ codes \(N, 8, 64\)"),
         (lambda: refine.refine_pti(gen, lp, start, targets, batching="pmap"), "batching must be one of"),
+        (lambda: refine.refine_w_plus(gen, lp, start, targets, loop="scan"), "loop must be one of"),
         (lambda: refine.refine_w_plus(gen, lp, start, targets, refine.WPlusSettings(id_weight=0.1)),
          "id_weight > 0 needs an ArcFace network"),
         (lambda: refine.refine_w_plus(gen, gen, start, targets), "lpips: expected an LPIPS network"),
