@@ -2,6 +2,7 @@
 PYTHON ?= python3
 VENV ?= .venv
 PY := $(VENV)/bin/python
+FFCLIP := $(VENV)/bin/ffclip
 PYTEST := $(PY) -m pytest -q -p no:cacheprovider
 
 .PHONY: install install-test install-studio browser demo studio test test-slow bench bench-train bench-all clean
@@ -32,16 +33,16 @@ browser:
 demo: install
 	$(PY) train.py --config configs/tiny.py --workdir runs/tiny
 	rm -rf runs/tiny/edits runs/tiny/edits-photo
-	$(PY) -m ffclip_jax.edit --weights runs/tiny/weights --text "Bald" --text "Purple hair" --strength 0.5,1 \
+	$(FFCLIP) edit --weights runs/tiny/weights --text "Bald" --text "Purple hair" --strength 0.5,1 \
 		--random 4 --seed 0 --output runs/tiny/edits
-	$(PY) -m ffclip_jax.edit --weights runs/tiny/weights --text "Bald" --text "Purple hair" --strength 0.5,1 \
+	$(FFCLIP) edit --weights runs/tiny/weights --text "Bald" --text "Purple hair" --strength 0.5,1 \
 		--images runs/tiny/tiny_assets/photos --output runs/tiny/edits-photo
 	@echo "demo done: training grids in runs/tiny/grids/, edits in runs/tiny/edits/ and runs/tiny/edits-photo/ (grid.png)"
 
 # the edit studio on the tiny default (trained by `make demo` first when missing): http://127.0.0.1:7860
 studio: $(VENV)/.installed-studio
 	@test -f runs/tiny/weights/manifest.json || $(MAKE) demo
-	$(PY) -m ffclip_jax.studio --weights runs/tiny/weights
+	$(FFCLIP) studio --weights runs/tiny/weights
 
 test: install-test browser
 	$(PYTEST) tests

@@ -4,7 +4,7 @@ gradio_client users, with and without batching, and the time per frame of a slid
     python bench/studio.py --quick                 # CPU: tiny weights (32 px) and a full-width 256 px generator
     python bench/studio.py --size 1024 --device    # on an accelerator: the 1024 model (random weights)
 
-Each setting starts a real `python -m ffclip_jax.studio` server (`--no-batching` for the unbatched rows) on random
+Each setting starts a real `ffclip studio` server (`--no-batching` for the unbatched rows) on random
 weights built here (the tiny default's networks, or a full-width StyleGAN2 of --size with a 4-block mapper and a
 512-d CLIP), sends random-sample edits (no upload; scores off) and writes bench/results/studio-<device>.json.
 """
@@ -38,6 +38,7 @@ def build_weights(directory: str, size: int) -> str:
     from ffclip_jax.models.mapper import DynamicMapper
     from ffclip_jax.models.stylegan2 import Generator, n_latent
     from ffclip_jax.weights import pretrained
+    from ffclip_jax.weights.clip_dir import save_clip
     from ffclip_jax.weights.manifest import write_manifest
 
     root = os.path.join(directory, f"weights{size}")
@@ -52,7 +53,7 @@ def build_weights(directory: str, size: int) -> str:
     pretrained.save(nets["mapper"], "ffclip_mapper", mapper_cfg, variables, overwrite=True)
     config = dict(clip.tiny_config(), embed_dim=512)
     _, variables = clip.init_random(config, 2)
-    pretrained.save_clip(nets["clip"], config, variables, extra={"source": "bench/studio.py (random)"}, overwrite=True)
+    save_clip(nets["clip"], config, variables, extra={"source": "bench/studio.py (random)"}, overwrite=True)
     write_manifest(root, nets)
     return root
 
@@ -66,7 +67,7 @@ def free_port() -> int:
 def start_server(weights: str, batching: bool, batch_size: int, cache: str, log_path: str):
     port = free_port()
     env = dict(os.environ, GRADIO_ANALYTICS_ENABLED="False", PYTHONPATH=common.ROOT, PYTHONUNBUFFERED="1")
-    cmd = [sys.executable, "-m", "ffclip_jax.studio", "--weights", weights, "--port", str(port), "--batch-size",
+    cmd = [sys.executable, "-m", "ffclip_jax", "studio", "--weights", weights, "--port", str(port), "--batch-size",
            str(batch_size), "--cache-dir", cache] + ([] if batching else ["--no-batching"])
     log = open(log_path, "w")
     proc = subprocess.Popen(cmd, cwd=common.ROOT, env=env, stdout=log, stderr=subprocess.STDOUT)

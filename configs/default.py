@@ -11,7 +11,7 @@ def get_config() -> ml_collections.ConfigDict:
     """Every field the trainer reads, with upstream FFCLIP's (FFHQ) values."""
     c = ml_collections.ConfigDict()
     c.domain = "ffhq"              # ffclip_latents dataset config (ffhq, car, church, custom)
-    c.data_dir = ""                # TFDS data dir holding ffclip_latents/<domain> (python -m ffclip_jax.data build)
+    c.data_dir = ""                # TFDS data dir holding ffclip_latents/<domain> (ffclip data build)
     c.prompts = "ffhq"             # built-in prompt list name or a file, one prompt per line
     c.prompt_cache_dir = ""        # CLIP text-embedding cache ("" = WORKDIR/prompt_cache)
     c.init_from = ""               # converted FFCLIP directory (convert_weights ffclip) to fine-tune from

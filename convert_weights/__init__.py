@@ -1,1 +1,1 @@
-"""Converters from upstream PyTorch checkpoints to ffclip-jax directories (see `python -m convert_weights -h`)."""
+"""Converters from upstream PyTorch checkpoints to ffclip-jax directories (`ffclip convert --help`)."""

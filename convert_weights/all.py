@@ -1,6 +1,6 @@
 """Convert every upstream checkpoint found in a folder into one weights directory:
 
-    python -m convert_weights all --from pretrained_models/ --output weights/ffhq [--force]
+    ffclip convert all --from pretrained_models/ --output weights/ffhq [--force]
 
 Files are recognised by content, not by name (each converter's `recognise`, asked in registry order): StyleGAN2,
 e4e/pSp, the FFCLIP release, CLIP (TorchScript archive, state dict or a transformers CLIPModel folder), ArcFace, the
@@ -30,7 +30,10 @@ import os
 import shutil
 from typing import Dict, List, Optional, Tuple
 
+from tqdm import tqdm
+
 from convert_weights import common
+from convert_weights.torch_io import is_torchscript, load_torchscript_state_dict
 from ffclip_jax.errors import CheckpointError, FFCLIPError
 from ffclip_jax.weights import pretrained, registry
 from ffclip_jax.weights.manifest import MANIFEST, write_manifest
@@ -75,8 +78,6 @@ def candidates(folder: str, exclude: str) -> List[str]:
 def _detect(path: str) -> Tuple[Optional[str], str, bool, Optional[Tuple[str, str]]]:
     """`detect_file` plus, for the converters that take several files (a `part` function: lpips), the (network,
     convert() argument) the file fills."""
-    from ffclip_jax.weights.torch_io import is_torchscript, load_torchscript_state_dict
-
     if os.path.isdir(path):
         return "clip", "", False, None
     try:
@@ -105,8 +106,6 @@ def detect_file(path: str) -> Tuple[Optional[str], str, bool]:
 def _find(folder: str, output: str):
     """({converter: (file, has latent_avg)}, {converter: {network: {convert() argument: file}}} for the converters
     that pair several files (complete pairs only), skipped [{file, reason}]) of the folder's candidates."""
-    from tqdm import tqdm
-
     found: Dict[str, Tuple[str, bool]] = {}
     parts: Dict[str, Dict[str, Dict[str, str]]] = {}
     skipped = []

@@ -8,6 +8,7 @@ from convert_weights import common
 from convert_weights.irse import BACKBONE_IGNORE, BACKBONE_RULES, backbone_config
 from convert_weights.mapping import apply_rules
 from ffclip_jax.errors import CheckpointError, ConversionError
+from ffclip_jax.models.arcface import Backbone
 
 NAME = "arcface"
 HELP = "InsightFace ArcFace IR/IR-SE backbone (model_ir_se50.pth) -> Flax"
@@ -15,8 +16,6 @@ HELP = "InsightFace ArcFace IR/IR-SE backbone (model_ir_se50.pth) -> Flax"
 
 def convert_state_dict(sd, source: str = "checkpoint"):
     """ArcFace state dict -> (config, variables): depth and mode from body.*, input size from the output Linear."""
-    from ffclip_jax.models.arcface import Backbone
-
     if "output_layer.3.weight" not in sd:
         raise ConversionError(f"{source}: no output_layer.3.weight (the Linear(512*7*7, 512)); expected an "
                               f"InsightFace Backbone state dict")

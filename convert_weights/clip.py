@@ -14,10 +14,14 @@ import re
 from typing import Any, Dict, List, Mapping
 
 import numpy as np
+from safetensors.numpy import load_file
 
 from convert_weights import common
 from convert_weights.mapping import Rule, conv, apply_rules, linear, split
+from convert_weights.torch_io import is_torchscript, load_torchscript_state_dict
 from ffclip_jax.errors import CheckpointError, ConversionError
+from ffclip_jax.models import clip as clip_model
+from ffclip_jax.weights.clip_dir import save_clip
 
 NAME = "clip"
 HELP = "OpenAI CLIP ViT (TorchScript ViT-B-32.pt, state dict, or transformers CLIPModel dir) -> Flax"
@@ -140,15 +144,13 @@ def infer_hf_config(sd: Mapping[str, np.ndarray], hf_cfg: Mapping[str, Any], sou
 
 def convert_state_dict(sd: Mapping[str, np.ndarray], *, source: str = "checkpoint", hf_cfg=None):
     """OpenAI (or, with `hf_cfg`, transformers) CLIP state dict -> (config, variables) for `ffclip_jax.models.clip.CLIP`."""
-    from ffclip_jax.models import clip
-
     if hf_cfg is not None:
         config = infer_hf_config(sd, hf_cfg, source)
         rules, ignore = HF_RULES, HF_IGNORE
     else:
         config = infer_openai_config(sd, source)
         rules, ignore = _openai_rules(), OPENAI_IGNORE
-    variables = apply_rules(sd, rules, clip.expected_shapes(config), ignore=ignore, source=source)
+    variables = apply_rules(sd, rules, clip_model.expected_shapes(config), ignore=ignore, source=source)
     return config, variables
 
 
@@ -160,7 +162,6 @@ def _read_hf_dir(path: str):
         hf_cfg = json.load(f)
     safetensors, torch_bin = os.path.join(path, "model.safetensors"), os.path.join(path, "pytorch_model.bin")
     if os.path.isfile(safetensors):
-        from safetensors.numpy import load_file
         sd = load_file(safetensors)
     elif os.path.isfile(torch_bin):
         sd = common.state_dict(common.load_dict(torch_bin), torch_bin)
@@ -172,8 +173,6 @@ def _read_hf_dir(path: str):
 
 def read_input(path: str):
     """(flat state dict, transformers config or None) of any supported input."""
-    from ffclip_jax.weights.torch_io import is_torchscript, load_torchscript_state_dict
-
     path = os.fspath(path)
     if os.path.isdir(path):
         return _read_hf_dir(path)
@@ -200,10 +199,8 @@ def recognise(ckpt: Mapping[str, Any]) -> bool:
 
 
 def convert(input, output, *, force: bool = False) -> None:
-    from ffclip_jax.weights import pretrained
-
     sd, hf_cfg = read_input(input)
     config, variables = convert_state_dict(sd, source=str(input), hf_cfg=hf_cfg)
-    pretrained.save_clip(output, config, variables, extra={"source": str(input)}, overwrite=force)
+    save_clip(output, config, variables, extra={"source": str(input)}, overwrite=force)
     print(f"wrote {NAME} (ViT width {config['vision_width']}, patch {config['vision_patch_size']}, "
           f"{config['image_resolution']}px, embed {config['embed_dim']}) to {output}")

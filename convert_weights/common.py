@@ -8,10 +8,12 @@ import os
 from typing import Any, Dict, Mapping, Optional, Tuple
 
 import numpy as np
+import jax
+import jax.numpy as jnp
 
 from ffclip_jax.errors import CheckpointError
 from ffclip_jax.weights import pretrained, registry
-from ffclip_jax.weights.torch_io import ensure_loaded, flatten_state_dict, load_checkpoint
+from convert_weights.torch_io import ensure_loaded, flatten_state_dict, load_checkpoint
 
 GENERATOR_SUBDIR = "generator"  # where e4e and FFCLIP conversions put the generator stored in their file
 
@@ -68,9 +70,6 @@ def refuse_other_kinds(ckpt: Mapping[str, Any], expected: str, path) -> None:
 def image_model_shapes(module, height: int, width: Optional[int] = None):
     """Shape tree of an image network's variables for a (1, height, width, 3) input, nothing computed: the target a
     conversion must fill."""
-    import jax
-    import jax.numpy as jnp
-
     x = jnp.zeros((1, height, width or height, 3))
     return jax.eval_shape(lambda: module.init(jax.random.PRNGKey(0), x))
 

@@ -14,8 +14,9 @@ from convert_weights.irse import BACKBONE_IGNORE, BACKBONE_RULES, backbone_confi
 from convert_weights.mapping import Rule, apply_rules
 from convert_weights.stylegan2 import convert_state_dict as convert_generator
 from ffclip_jax.errors import CheckpointError, ConversionError
+from ffclip_jax.models import e4e
 from ffclip_jax.models.stylegan2 import n_latent as latents_of_size
-from ffclip_jax.weights.torch_io import ensure_loaded, placeholder_name
+from convert_weights.torch_io import ensure_loaded, placeholder_name
 
 NAME = "e4e"
 HELP = "e4e / pSp encoder checkpoint (encoder, latent_avg and decoder generator) -> Flax"
@@ -81,8 +82,6 @@ def convert_encoder(enc: Mapping[str, np.ndarray], latent_avg: np.ndarray, confi
                     encoder_type: str, source: str):
     """encoder.* state dict (prefix removed) + latent_avg (n_latent, style_dim) -> Flax variables of
     `ffclip_jax.models.e4e.<encoder_type>`."""
-    from ffclip_jax.models import e4e
-
     module = getattr(e4e, encoder_type)(**{k: tuple(v) if isinstance(v, list) else v for k, v in config.items()})
     h, w = config["input_size"]
     expected = common.image_model_shapes(module, h, w)

@@ -12,11 +12,14 @@ import re
 from typing import Any, Dict, Mapping, Optional, Tuple
 
 import numpy as np
+import jax
+import jax.numpy as jnp
 
 from convert_weights import common
 from convert_weights import stylegan2 as stylegan2_converter
 from convert_weights.mapping import Rule, apply_rules, linear
 from ffclip_jax.errors import ConversionError
+from ffclip_jax.models.mapper import DynamicMapper
 from ffclip_jax.models.stylegan2 import n_latent
 
 NAME = "ffclip"
@@ -69,10 +72,6 @@ def infer_config(sd: Mapping[str, np.ndarray], source: str) -> Dict[str, int]:
 
 def convert_mapper(sd: Mapping[str, np.ndarray], *, source: str = "checkpoint", dtype=np.float32):
     """Dynamic_mapper state dict ('att_mapper.{i}.*') -> (config, variables) for `DynamicMapper`."""
-    import jax
-    import jax.numpy as jnp
-    from ffclip_jax.models.mapper import DynamicMapper
-
     config = infer_config(sd, source)
     mapper = DynamicMapper(**config)
     w = jnp.zeros((1, config["n_latent"], config["style_dim"]))

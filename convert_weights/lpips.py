@@ -1,8 +1,8 @@
 """LPIPS v0.1 (the `lpips` 0.1.4 package) from its two upstream files -> one ffclip-jax `lpips_alex` / `lpips_vgg`
 directory (`ffclip_jax.models.lpips.LPIPS`):
 
-    python -m convert_weights lpips --backbone-file alexnet-owt-7be5be79.pth --heads alex.pth --output weights/lpips-alex
-    python -m convert_weights lpips --backbone-file vgg16-397923af.pth --heads vgg.pth --output weights/lpips-vgg
+    ffclip convert lpips --backbone-file alexnet-owt-7be5be79.pth --heads alex.pth --output weights/lpips-alex
+    ffclip convert lpips --backbone-file vgg16-397923af.pth --heads vgg.pth --output weights/lpips-vgg
 
 The backbone file is torchvision's ImageNet state dict (`features.<i>.weight/bias`; `classifier.*` is ignored), its
 architecture recognised from which `features` indices hold convs; the heads file is the package's

@@ -11,6 +11,7 @@ import numpy as np
 from convert_weights import common
 from convert_weights.mapping import Rule, conv, apply_rules
 from ffclip_jax.errors import ConversionError
+from ffclip_jax.models.moco import ResNet50
 
 NAME = "moco"
 HELP = "MoCo v2 ResNet-50 query encoder (moco_v2_800ep_pretrain.pth.tar) -> Flax"
@@ -37,8 +38,6 @@ def infer_config(sd: Mapping[str, np.ndarray], source: str) -> Dict[str, Any]:
 
 def convert_state_dict(sd: Mapping[str, np.ndarray], *, source: str = "checkpoint"):
     """MoCo / torchvision state dict -> (config, variables) for `ffclip_jax.models.moco.ResNet50`."""
-    from ffclip_jax.models.moco import ResNet50
-
     sd = common.strip_prefix(sd, PREFIX)
     config = infer_config(sd, source)
     model = ResNet50(stage_sizes=tuple(config["stage_sizes"]), width=config["width"])

@@ -9,6 +9,7 @@ import numpy as np
 from convert_weights import common
 from convert_weights.mapping import Rule, conv, conv_transpose, apply_rules
 from ffclip_jax.errors import ConversionError
+from ffclip_jax.models.parsenet import BASE_FILTERS, UNet
 
 NAME = "parsenet"
 HELP = "face-parsing UNet of the background loss (parsenet.pth) -> Flax"
@@ -26,8 +27,6 @@ IGNORE = [r".*\.num_batches_tracked"]
 
 def infer_config(sd: Mapping[str, np.ndarray], source: str) -> Dict[str, Any]:
     """feature_scale, n_classes and is_batchnorm read off a `unet` state dict."""
-    from ffclip_jax.models.parsenet import BASE_FILTERS
-
     if "conv1.conv1.0.weight" not in sd or "final.weight" not in sd:
         raise ConversionError(f"{source}: not a face-parsing UNet state dict (no conv1.conv1.0.weight / final.weight)")
     first = int(sd["conv1.conv1.0.weight"].shape[0])
@@ -39,8 +38,6 @@ def infer_config(sd: Mapping[str, np.ndarray], source: str) -> Dict[str, Any]:
 
 def convert_state_dict(sd: Mapping[str, np.ndarray], *, source: str = "checkpoint"):
     """`unet` state dict -> (config, variables) for `ffclip_jax.models.parsenet.UNet`."""
-    from ffclip_jax.models.parsenet import UNet
-
     config = infer_config(sd, source)
     model = UNet(**config)
     expected = common.image_model_shapes(model, 16)

@@ -7,10 +7,13 @@ import re
 from typing import Any, Dict, Mapping, Optional
 
 import numpy as np
+import jax
+import jax.numpy as jnp
 
 from convert_weights.mapping import Rule, conv, apply_rules, linear, nchw, reshape
 from convert_weights import common
 from ffclip_jax.errors import ConversionError
+from ffclip_jax.models.stylegan2 import Generator
 from ffclip_jax.nn.layers import make_kernel
 
 NAME = "stylegan2"
@@ -66,10 +69,6 @@ def infer_config(sd: Mapping[str, np.ndarray], source: str) -> Dict[str, Any]:
 def convert_state_dict(sd: Mapping[str, np.ndarray], latent_avg: Optional[np.ndarray], *, source: str = "checkpoint",
                        overrides: Optional[Dict[str, Any]] = None):
     """g_ema state dict (+ latent_avg) -> (config, variables) for `ffclip_jax.models.stylegan2.Generator`."""
-    import jax
-    import jax.numpy as jnp
-    from ffclip_jax.models.stylegan2 import Generator
-
     config = dict(infer_config(sd, source), lr_mlp=0.01)
     config.update(overrides or {})
     gen = Generator(**{k: tuple(v) if isinstance(v, list) else v for k, v in config.items()})

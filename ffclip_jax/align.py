@@ -1,28 +1,23 @@
 """FFHQ face alignment of raw photos, the crop e4e and the FFHQ StyleGAN2 expect (NVlabs/ffhq-dataset
-`recreate_aligned_images`, e4e's `scripts/align_faces_parallel.py`).
+`recreate_aligned_images`, e4e's `scripts/align_faces_parallel.py`). The command line is `ffclip align`
+(`ffclip_jax/cli/align.py`).
 
-    python -m ffclip_jax.align --images raw/ more.jpg --output aligned/ \\
-        (--predictor shape_predictor_68_face_landmarks.dat | --landmarks landmarks.json) \\
-        [--size 1024] [--transform-size 4096] [--all-faces]
-
-Writes aligned/<stem>.png, and with --all-faces <stem>_1.png, <stem>_2.png ... for the other faces (detected faces
-largest first, JSON faces in their order); unreadable photos and photos without a face are skipped and listed. `--predictor` detects faces with dlib's HOG frontal face detector and 68
-landmarks with dlib's `shape_predictor_68_face_landmarks.dat` (download it yourself from
-http://dlib.net/files/shape_predictor_68_face_landmarks.dat.bz2 and bunzip2 it; dlib comes with
-`pip install 'ffclip-jax[align]'`). `--landmarks` takes the landmarks from a JSON file instead (no dlib needed):
+Faces come from dlib's HOG frontal face detector and 68 landmarks with dlib's `shape_predictor_68_face_landmarks.dat`
+(download it yourself from http://dlib.net/files/shape_predictor_68_face_landmarks.dat.bz2 and bunzip2 it; dlib comes
+with `pip install 'ffclip-jax[align]'`), or from a landmarks JSON file instead (no dlib needed):
 
     {"photo.jpg": [[x, y], ...],                        68 dlib points or 5 points (one face)
-     "group.png": [[[x, y], ...], [[x, y], ...]]}       several faces, the first is aligned without --all-faces
+     "group.png": [[[x, y], ...], [[x, y], ...]]}       several faces, the first is aligned without all_faces
 
-keyed by the path as given on the command line or by the file name. Coordinates are pixels of the image as displayed
-(EXIF orientation applied), x to the right, y down, pixel centres at integers (dlib's convention). The 5 points are,
-in this order: the centre of the eye on the image's left (the subject's right eye, dlib 36-41), the centre of the eye
-on the image's right (dlib 42-47), the mouth corner on the image's left (dlib 48), the one on the image's right
-(dlib 54), the nose tip (dlib 30; not used by the alignment). InsightFace/RetinaFace order their 5 points (eye, eye,
-nose, mouth, mouth): reorder those with [0, 1, 3, 4, 2].
+keyed by the path as given or by the file name. Coordinates are pixels of the image as displayed (EXIF orientation
+applied), x to the right, y down, pixel centres at integers (dlib's convention). The 5 points are, in this order: the
+centre of the eye on the image's left (the subject's right eye, dlib 36-41), the centre of the eye on the image's
+right (dlib 42-47), the mouth corner on the image's left (dlib 48), the one on the image's right (dlib 54), the nose
+tip (dlib 30; not used by the alignment). InsightFace/RetinaFace order their 5 points (eye, eye, nose, mouth, mouth):
+reorder those with [0, 1, 3, 4, 2].
 
-The defaults reproduce FFHQ (1024 output from a 4096 QUAD transform); e4e's own script uses --size 256
---transform-size 256.
+The defaults reproduce FFHQ (1024 output from a 4096 QUAD transform); e4e's own script uses size 256, transform
+size 256 (`align_for_encoder`, what the Editor's `align` does).
 
     from ffclip_jax.align import align_face, align_images
     aligned = align_face(uint8_image, landmarks, output_size=256)      # (256, 256, 3) uint8
@@ -30,17 +25,19 @@ The defaults reproduce FFHQ (1024 output from a 4096 QUAD transform); e4e's own 
 """
 from __future__ import annotations
 
-import argparse
 import functools
 import json
 import os
-import sys
-from typing import Dict, List, Optional, Sequence, Tuple
+from typing import Dict, List, Sequence, Tuple
 
 import numpy as np
+import scipy.ndimage
+from PIL import Image
+from tqdm import tqdm
 
-from ffclip_jax.errors import CheckpointError, ConfigError, InputError, run_cli
-from ffclip_jax.grid import save_png
+from ffclip_jax.errors import CheckpointError, ConfigError, InputError
+from ffclip_jax.inputs import read_image, to_rgb
+from ffclip_jax.outputs import RunFolder
 
 PREDICTOR_URL = "http://dlib.net/files/shape_predictor_68_face_landmarks.dat.bz2"
 LANDMARK_SHAPES = "(68, 2) dlib points or (5, 2) points [eye, eye, mouth corner, mouth corner, nose]"
@@ -99,26 +96,9 @@ def _bounds(quad: np.ndarray) -> Tuple[int, int, int, int]:
             int(np.ceil(quad[:, 0].max())), int(np.ceil(quad[:, 1].max())))
 
 
-def _to_rgb(image, name: str = "image"):
-    """A PIL image or uint8 (H, W), (H, W, 1), (H, W, 3), (H, W, 4) array -> RGB PIL image."""
-    from PIL import Image
-
-    if isinstance(image, Image.Image):
-        return image.convert("RGB")
-    arr = np.asarray(image)
-    if arr.dtype != np.uint8 or arr.ndim not in (2, 3) or (arr.ndim == 3 and arr.shape[2] not in (1, 3, 4)) \
-            or arr.size == 0:
-        raise InputError(f"{name}: expected a uint8 (H, W), (H, W, 1), (H, W, 3) or (H, W, 4) image, got "
-                         f"{arr.dtype} {arr.shape}")
-    return Image.fromarray(arr[..., 0] if arr.ndim == 3 and arr.shape[2] == 1 else arr).convert("RGB")
-
-
 def _blur_pad(img, pad: np.ndarray, qsize: float):
     """FFHQ's padding: reflect-pad the RGB PIL image by pad (left, top, right, bottom), blur towards the new edges and
     pull them to the median colour -> RGB PIL image."""
-    import scipy.ndimage
-    from PIL import Image
-
     arr = np.pad(np.asarray(img, dtype=np.float32), ((pad[1], pad[3]), (pad[0], pad[2]), (0, 0)), "reflect")
     h, w, _ = arr.shape
     cols = np.arange(w, dtype=np.float32)[None, :, None]
@@ -137,11 +117,9 @@ def align_face(image, landmarks, output_size: int = 1024, transform_size: int = 
                enable_padding: bool = True) -> np.ndarray:
     """FFHQ-align one face: image (H, W[, C]) uint8 array or PIL image (grayscale/RGBA -> RGB), landmarks (68, 2) dlib
     points or (5, 2) points (see the module docstring) -> (output_size, output_size, 3) uint8."""
-    from PIL import Image
-
     if not 0 < output_size <= transform_size:
         raise InputError(f"output size {output_size} must be positive and at most the transform size {transform_size}")
-    img = _to_rgb(image)
+    img = Image.fromarray(to_rgb(image))
     width, height = img.size
     with np.errstate(divide="ignore", invalid="ignore"):
         quad, qsize = ffhq_quad(*face_keypoints(landmarks))
@@ -184,7 +162,7 @@ def align_face(image, landmarks, output_size: int = 1024, transform_size: int = 
 
 def _dlib():
     try:
-        import dlib
+        import dlib  # optional (the `align` extra), and slow to import: only for face detection
     except ImportError:
         raise ConfigError("face detection needs dlib: pip install 'ffclip-jax[align]' (or pass landmarks "
                           "with --landmarks)") from None
@@ -220,7 +198,7 @@ def detect_landmarks(image, predictor, all_faces: bool = False) -> List[np.ndarr
     first; [] when none is found. image: (H, W[, C]) uint8 or PIL; predictor: a path or a dlib.shape_predictor."""
     if isinstance(predictor, (str, os.PathLike)):
         predictor = load_predictor(os.fspath(predictor))
-    rgb = np.ascontiguousarray(np.asarray(_to_rgb(image)))
+    rgb = to_rgb(image)
     faces = sorted(_face_rectangles(rgb), key=lambda r: r.width() * r.height(), reverse=True)
     found = []
     for rect in faces if all_faces else faces[:1]:
@@ -240,7 +218,7 @@ def align_images(images: Sequence, predictor, size: int = 1024,
         predictor = load_predictor(os.fspath(predictor))
     aligned, skipped = [], []
     for i, image in enumerate(images):
-        img = _to_rgb(image, f"image {i}")
+        img = to_rgb(image, f"image {i}")
         faces = detect_landmarks(img, predictor)
         if faces:
             aligned.append(align_face(img, faces[0], size, transform_size))
@@ -286,18 +264,6 @@ def read_landmarks_json(path: str) -> Dict[str, List[np.ndarray]]:
     return {key: _faces_of(value, f"{path}: {key}") for key, value in data.items()}
 
 
-def read_image(path: str) -> Optional[np.ndarray]:
-    """(H, W, 3) uint8 RGB of an image file as displayed (EXIF orientation applied); None if it cannot be read."""
-    from PIL import Image, ImageOps, UnidentifiedImageError
-
-    try:
-        with Image.open(path) as im:
-            im.load()
-            return np.asarray(ImageOps.exif_transpose(im).convert("RGB"))
-    except (OSError, UnidentifiedImageError, ValueError, Image.DecompressionBombError):
-        return None
-
-
 def _check_stems(files: Sequence[str]) -> None:
     seen: Dict[str, str] = {}
     for path in files:
@@ -307,14 +273,13 @@ def _check_stems(files: Sequence[str]) -> None:
         seen[stem] = path
 
 
-def align_files(files: Sequence[str], output_dir: str, *, predictor=None, landmarks=None, size: int = 1024,
+def align_files(files: Sequence[str], output: RunFolder, *, predictor=None, landmarks=None, size: int = 1024,
                 transform_size: int = 4096, all_faces: bool = False,
                 progress: bool = True) -> Tuple[List[str], List[Tuple[str, str]]]:
-    """Align the faces of image files into output_dir/<stem>.png (<stem>_<k>.png for the k-th face, all_faces) with
-    a shape predictor (path or dlib.shape_predictor) or landmarks (a JSON path or {file name: [faces]}) ->
-    (written paths, [(file, reason skipped)])."""
-    from tqdm import tqdm
-
+    """Align the faces of image files into the run folder `output` as <stem>.png (<stem>_<k>.png for the k-th face,
+    all_faces) with a shape predictor (path or dlib.shape_predictor) or landmarks (a JSON path or {file name:
+    [faces]}) -> (written paths, [(file, reason skipped)]). The previous run in `output` is replaced once the
+    predictor or landmarks are read; its manifest lists the faces written and the files skipped."""
     if (predictor is None) == (landmarks is None):
         raise ConfigError("give either a shape predictor or landmarks")
     if not 0 < size <= transform_size:
@@ -326,11 +291,13 @@ def align_files(files: Sequence[str], output_dir: str, *, predictor=None, landma
         landmarks = read_landmarks_json(os.fspath(landmarks))
     elif landmarks is not None:
         landmarks = {key: _faces_of(value, f"landmarks of {key}") for key, value in landmarks.items()}
+    output.begin()
     written, skipped = [], []
     for path in tqdm(files, desc="aligning", unit="img", disable=not progress):
-        image = read_image(path)
-        if image is None:
-            skipped.append((path, "not a readable image"))
+        try:
+            image = read_image(path)
+        except InputError as e:
+            skipped.append((path, str(e).replace(f"{path}: ", "", 1)))
             continue
         if predictor is not None:
             faces = detect_landmarks(image, predictor, all_faces)
@@ -350,48 +317,6 @@ def align_files(files: Sequence[str], output_dir: str, *, predictor=None, landma
             except InputError as e:
                 skipped.append((path if k == 0 else f"{path} face {k}", str(e)))
                 continue
-            dst = os.path.join(output_dir, f"{stem}.png" if k == 0 else f"{stem}_{k}.png")
-            written.append(save_png(dst, aligned))
+            written.append(output.save_png(f"{stem}.png" if k == 0 else f"{stem}_{k}.png", aligned))
+    output.commit(skipped=[{"file": path, "reason": reason} for path, reason in skipped])
     return written, skipped
-
-
-# ------------------------------------------------------------------------------------------------------------- CLI
-
-def add_align_argument(parser) -> None:
-    """`--align PREDICTOR` of the tools that take raw photos (invert, edit, studio)."""
-    parser.add_argument("--align", metavar="PREDICTOR",
-                        help="FFHQ-align raw photos first (largest face) with this dlib 68-point landmark predictor "
-                             "file (shape_predictor_68_face_landmarks.dat)")
-
-
-def build_parser() -> argparse.ArgumentParser:
-    p = argparse.ArgumentParser(prog="python -m ffclip_jax.align", description=__doc__.split("\n\n")[0])
-    p.add_argument("--images", required=True, nargs="+", help="image files and/or folders")
-    p.add_argument("--output", required=True, help="folder for the aligned PNGs")
-    source = p.add_mutually_exclusive_group(required=True)
-    source.add_argument("--predictor", help="dlib shape_predictor_68_face_landmarks.dat (detect faces with dlib)")
-    source.add_argument("--landmarks", help="JSON {file name: 68 or 5 [x, y] points, or a list of faces}")
-    p.add_argument("--size", type=int, default=1024, help="output size (default 1024, FFHQ)")
-    p.add_argument("--transform-size", type=int, default=4096,
-                   help="size of the QUAD transform before the resize to --size (default 4096, FFHQ; e4e uses 256)")
-    p.add_argument("--all-faces", action="store_true", help="align every face, not only the largest")
-    return p
-
-
-def main(argv=None) -> int:
-    from ffclip_jax.invert import list_images
-
-    args = build_parser().parse_args(argv)
-    files = list_images(args.images)
-    written, skipped = align_files(files, args.output, predictor=args.predictor, landmarks=args.landmarks,
-                                   size=args.size, transform_size=args.transform_size, all_faces=args.all_faces)
-    for path, reason in skipped:
-        print(f"skipped {path}: {reason}", file=sys.stderr)
-    if not written:
-        raise InputError(f"no face aligned from {len(files)} file(s)")
-    print(f"wrote {len(written)} aligned face(s) to {args.output}")
-    return 0
-
-
-if __name__ == "__main__":
-    sys.exit(run_cli(main))

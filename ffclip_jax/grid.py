@@ -10,6 +10,7 @@ from __future__ import annotations
 from typing import Optional, Sequence
 
 import numpy as np
+from PIL import Image, ImageDraw, ImageFont
 
 from ffclip_jax.errors import InputError
 from ffclip_jax.fileio import atomic_write
@@ -26,11 +27,14 @@ def to_uint8(images) -> np.ndarray:
     return np.clip(np.rint((a.astype(np.float32) + 1.0) * 127.5), 0, 255).astype(np.uint8)
 
 
+def cells(images, size: int) -> np.ndarray:
+    """Images (N, H, W, 3) ([-1, 1] floats or uint8) -> uint8 (N, size, size, 3) grid cells (PIL BOX resize)."""
+    return np.stack([np.asarray(Image.fromarray(a).resize((size, size), Image.BOX)) for a in to_uint8(images)])
+
+
 def make_grid(images, column_labels: Optional[Sequence[str]] = None, row_labels: Optional[Sequence[str]] = None,
               min_cell: int = 128):
     """A PIL image: a header row of column labels, a left column of row labels, R x C cells."""
-    from PIL import Image, ImageDraw, ImageFont
-
     a = to_uint8(images)
     if a.ndim != 5 or a.shape[-1] != 3:
         raise InputError(f"grid images must have shape (rows, columns, H, W, 3), got {a.shape}")
@@ -73,8 +77,6 @@ def _fit(draw, text: str, font, width: int) -> str:
 
 def save_png(path: str, image) -> str:
     """One (H, W, 3) image ([-1, 1] floats or uint8) as PNG, written atomically; returns `path`."""
-    from PIL import Image
-
     atomic_write(path, lambda tmp: Image.fromarray(to_uint8(image)).save(tmp, format="PNG"))
     return path
 

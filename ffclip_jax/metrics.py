@@ -1,4 +1,4 @@
-"""Evaluation metrics of text-driven edits (`evaluate.py`), per example, pure and jit-able; and the batched driver.
+"""Evaluation metrics of text-driven edits (`ffclip evaluate`), per example, pure and jit-able; and the batched driver.
 
 For a source latent w (rendered x = G(w)) and its edit w_hat = mapper(w, e) (rendered x_hat), with prompt p:
 - `clip_score`: 100 * cos(CLIP_image(x_hat), CLIP_text(p)) with OpenAI's own preprocessing (`clip_preprocess`),
@@ -12,8 +12,9 @@ For a source latent w (rendered x = G(w)) and its edit w_hat = mapper(w, e) (ren
 Images are NHWC in the generator's range and are first clipped to [-1, 1] (what a saved image shows). Each network
 argument is a `(module, variables)` pair as `pretrained.load` returns.
 
-`evaluate` runs every (latent, prompt) in fixed-size batches through jitted pieces: the Editor's mapper and generator,
-`image_features` (one compilation serves sources and edits) and `compare`.
+`evaluate` runs every (latent, prompt) through the Editor's row runners (mapper, generator) and, in the same fixed-size
+batches (`batching.in_batches`), the jitted `image_features` (one compilation serves sources and edits) and `compare`.
+`metric_networks` loads the scoring networks of a weights directory for a domain (faces, or other domains).
 """
 from __future__ import annotations
 
@@ -24,13 +25,17 @@ from typing import Any, Dict, Mapping, Optional, Sequence, Tuple
 import jax
 import jax.numpy as jnp
 import numpy as np
+from PIL import Image
 from tqdm.auto import tqdm
 
 from ffclip_jax import losses
-from ffclip_jax.errors import InputError
+from ffclip_jax.batching import in_batches
+from ffclip_jax.errors import CheckpointError, InputError
 from ffclip_jax.models.clip import encode_image
 from ffclip_jax.nn import image_ops
 from ffclip_jax.nn.layers import l2_normalize
+from ffclip_jax.weights import pretrained
+from ffclip_jax.weights.manifest import WeightsDir
 
 Network = Tuple[Any, Any]  # (flax module, variables)
 
@@ -47,8 +52,6 @@ MSE_FLOOR = 10.0 ** (-PSNR_MAX / 10.0)
 def pil_bicubic_matrix(n_in: int, n_out: int) -> np.ndarray:
     """(n_out, n_in) matrix of PIL's `Image.resize(..., BICUBIC)` along one axis (antialiased: the cubic kernel is
     stretched by the downscale factor), read off by resizing an identity image with PIL itself."""
-    from PIL import Image
-
     eye = Image.fromarray(np.eye(n_in, dtype=np.float32))
     return np.asarray(eye.resize((n_out, n_in), Image.BICUBIC), np.float64).T
 
@@ -212,44 +215,67 @@ _features_fn = jax.jit(image_features, static_argnames="nets")  # compiled once 
 
 _compare_fn = jax.jit(compare)
 
+# the networks each domain's preservation metrics need: identity (+ background with a parser) or MoCo similarity
+DOMAIN_NETWORKS = {"face": ("arcface", "parsenet"), "other": ("moco",)}
+
+
+def choose_domain(weights: WeightsDir, domain: str = "auto", background: bool = True) -> str:
+    """'face' or 'other': as asked, or from the networks the weights directory has (faces: arcface, and parsenet
+    unless background=False)."""
+    if domain == "auto":
+        face = DOMAIN_NETWORKS["face"] if background else DOMAIN_NETWORKS["face"][:1]
+        domain = "face" if all(weights.has(n) for n in face) else "other"
+        if domain == "other" and not weights.has("moco"):
+            raise CheckpointError(f"weights directory {weights.root} has neither {' + '.join(face)} (faces) nor moco "
+                                  f"(other domains): needed for the preservation metrics")
+    return domain
+
+
+def metric_networks(weights: WeightsDir, clip, domain: str,
+                    background: bool = True) -> Tuple[MetricNetworks, Dict[str, Any]]:
+    """(MetricNetworks, {name: variables}) of a domain ('face' or 'other'): CLIP (a loaded (module, variables)) and
+    the domain's networks from the weights directory (without the face parser when background=False)."""
+    names = DOMAIN_NETWORKS[domain][:1] if domain == "face" and not background else DOMAIN_NETWORKS[domain]
+    loaded = {n: pretrained.load(weights.path(n, f"the {domain}-domain metrics (--domain {domain})")) for n in names}
+    nets = MetricNetworks(clip=clip[0], **{n: module for n, (module, _) in loaded.items()})
+    return nets, {"clip": clip[1], **{n: variables for n, (_, variables) in loaded.items()}}
+
 
 def evaluate(editor, nets: MetricNetworks, variables: Mapping[str, Any], latents: np.ndarray,
-             text_embeddings: np.ndarray, *, batch_size: int = 8, strength: float = 1.0,
+             text_embeddings: np.ndarray, *, strength: float = 1.0,
              part_embeddings: Optional[Sequence[np.ndarray]] = None, progress: bool = True) -> Dict[str, np.ndarray]:
     """Every metric of every (prompt, latent): {name: (P, N) float64}.
 
-    editor: an `ffclip_jax.edit.Editor` (its jitted `map_latents` and `render`); nets/variables: the scoring
+    editor: an `ffclip_jax.pipeline.Editor` (its `map_rows` and `render_rows`); nets/variables: the scoring
     networks. latents (N, L, D); text_embeddings (P, E) unnormalised `encode_text`. part_embeddings[p] (K_p, E)
     (compositions) adds `clip_score_parts` (P, N, K), NaN padded: the edit's CLIP score with each part.
-    Fixed-size batches (the last one padded), so each piece compiles once: the mapper, the generator (sources and
-    edits), the scoring networks (sources and edits) and the comparison."""
+    Latents go in chunks of the editor's batch size (images never pile up), every piece in its fixed-size batches,
+    so each compiles once: the mapper, the generator (sources and edits), the scoring networks and the comparison."""
     latents = np.asarray(latents, np.float32)
-    n, p = len(latents), len(text_embeddings)
-    batch = max(1, min(batch_size, n))
-    features_fn = functools.partial(_features_fn, variables, nets=nets)
+    n, p, batch = len(latents), len(text_embeddings), editor.batch_size
+    features = functools.partial(_features_fn, variables, nets=nets)
     names = metric_names(nets.face)
     results = {k: np.full((p, n), np.nan) for k in names}
     k_parts = max((len(e) for e in part_embeddings or []), default=0)
     if k_parts:
         results["clip_score_parts"] = np.full((p, n, k_parts), np.nan)
         units = [e / np.linalg.norm(e, axis=-1, keepdims=True) for e in part_embeddings]
-    strengths = np.full((batch,), strength, np.float32)
     with tqdm(total=-(-n // batch) * p, desc="evaluating", unit="batch", disable=not progress) as bar:
         for start in range(0, n, batch):
-            m = min(batch, n - start)
-            w = np.repeat(latents[start:start + m], [1] * (m - 1) + [batch - m + 1], axis=0)
-            x = editor.render(w)
-            source = features_fn(x)
+            w = latents[start:start + batch]
+            m = len(w)
+            x = editor.render_rows(w)
+            source = in_batches(features, [x], batch)
             for i in range(p):
-                e = np.broadcast_to(np.asarray(text_embeddings[i], np.float32), (batch, text_embeddings.shape[-1]))
-                w_hat = editor.map_latents(w, e, strengths)
-                x_hat = editor.render(w_hat)
-                edited = features_fn(x_hat)
-                out = jax.device_get(_compare_fn(source, edited, x, x_hat, w, w_hat, e))
+                e = np.broadcast_to(np.asarray(text_embeddings[i], np.float32), (m, text_embeddings.shape[-1]))
+                w_hat = editor.map_rows(w, e, strength)
+                x_hat = editor.render_rows(w_hat)
+                edited = in_batches(features, [x_hat], batch)
+                out = in_batches(_compare_fn, [source, edited, x, x_hat, w, w_hat, e], batch)
                 for k in names:
-                    results[k][i, start:start + m] = out[k][:m]
+                    results[k][i, start:start + m] = out[k]
                 if k_parts and len(units[i]):
-                    f_hat = np.asarray(edited["clip"], np.float64)[:m]
+                    f_hat = np.asarray(edited["clip"], np.float64)
                     results["clip_score_parts"][i, start:start + m, :len(units[i])] = (
                         CLIP_SCORE_SCALE * f_hat @ units[i].T)
                 bar.update()

@@ -1,7 +1,9 @@
-"""The evaluation report of `evaluate.py`: every number as JSON, markdown tables, PNG plots; written atomically.
+"""The evaluation report of `ffclip evaluate`: every number as JSON, markdown tables, PNG plots; written atomically.
+Reports read back (`read_report`) compare side by side (`comparison`, what `ffclip report` prints).
 
     report = build_report(entries, results, latent_indices, meta)
     write_report("report/", report, results, overwrite=False)
+    print(comparison({"e4e": read_report("report/"), "pti": read_report("report_pti/")}))
 
 `entries`: one dict per evaluated prompt {"prompt", "kind" ("single" or "composition"), "parts"}; `results`:
 {metric: (P, N)} from `metrics.evaluate`. The directory holds
@@ -19,7 +21,8 @@ from typing import Any, Dict, List, Mapping, Sequence
 
 import numpy as np
 
-from ffclip_jax.weights import pretrained
+from ffclip_jax.errors import InputError
+from ffclip_jax.fileio import atomic_output_dir
 
 JSON_FILE, MARKDOWN_FILE, BARS_FILE = "report.json", "report.md", "per_prompt.png"
 KINDS = ("single", "composition")
@@ -104,10 +107,15 @@ def markdown(report: Mapping[str, Any]) -> str:
     return "\n".join(lines)
 
 
-def _bars(path: str, report: Mapping[str, Any]) -> None:
-    import matplotlib
+def _pyplot():
+    import matplotlib  # slow to import: only when a report's plots are drawn
     matplotlib.use("Agg")
     import matplotlib.pyplot as plt
+    return plt
+
+
+def _bars(path: str, report: Mapping[str, Any]) -> None:
+    plt = _pyplot()
 
     preserve = "identity" if "identity" in report["metrics"] else "moco_similarity"
     metrics = [m for m in ("clip_score", "clip_score_delta", preserve, "background_psnr", "latent_mean_abs")
@@ -139,9 +147,7 @@ def scatter_name(report: Mapping[str, Any]) -> str:
 
 
 def _scatter(path: str, report: Mapping[str, Any], results: Mapping[str, np.ndarray]) -> None:
-    import matplotlib
-    matplotlib.use("Agg")
-    import matplotlib.pyplot as plt
+    plt = _pyplot()
 
     preserve = "identity" if "identity" in report["metrics"] else "moco_similarity"
     fig, ax = plt.subplots(figsize=(6.5, 5))
@@ -169,7 +175,7 @@ def write_report(output: str, report: Mapping[str, Any], results: Mapping[str, n
     """Write report.json, report.md and the PNGs into `output` atomically (all or nothing); returns the file
     names."""
     files = [JSON_FILE, MARKDOWN_FILE, BARS_FILE, scatter_name(report)]
-    with pretrained.atomic_output_dir(output, overwrite=overwrite) as tmp:
+    with atomic_output_dir(output, overwrite=overwrite) as tmp:
         with open(os.path.join(tmp, JSON_FILE), "w", encoding="utf-8") as f:
             json.dump(report, f, indent=1, allow_nan=False, ensure_ascii=False)
         with open(os.path.join(tmp, MARKDOWN_FILE), "w", encoding="utf-8") as f:
@@ -177,3 +183,35 @@ def write_report(output: str, report: Mapping[str, Any], results: Mapping[str, n
         _bars(os.path.join(tmp, BARS_FILE), report)
         _scatter(os.path.join(tmp, files[-1]), report, results)
     return files
+
+
+def read_report(path: str) -> Dict[str, Any]:
+    """The report.json of a report directory (or the file itself), checked to be an `ffclip evaluate` report."""
+    file = os.path.join(path, JSON_FILE) if os.path.isdir(path) else path
+    try:
+        with open(file, encoding="utf-8") as f:
+            report = json.load(f)
+    except OSError as e:
+        raise InputError(f"{path}: no readable {JSON_FILE} ({e.strerror})") from None
+    except ValueError as e:
+        raise InputError(f"{file}: not JSON ({e})") from None
+    if not isinstance(report, dict) or not {"meta", "metrics", "overall"} <= set(report):
+        raise InputError(f"{file}: not an `ffclip evaluate` report (expected meta, metrics and overall)")
+    return report
+
+
+def comparison(reports: Mapping[str, Mapping[str, Any]]) -> str:
+    """Markdown: per kind of prompt, one row per report (its name) of the overall mean ± std of each metric the
+    reports share."""
+    lines = []
+    for kind in KINDS:
+        rows = {name: r["overall"][kind] for name, r in reports.items() if kind in r["overall"]}
+        if not rows:
+            continue
+        shared = [m for m in next(iter(reports.values()))["metrics"] if all(m in row for row in rows.values())]
+        lines += [f"## {'Single prompts' if kind == 'single' else 'Compositions of two training prompts'}", "",
+                  "| report | " + " | ".join(LABELS.get(m, m) for m in shared) + " |",
+                  "|---|" + "---:|" * len(shared)]
+        lines += [f"| {name} | " + " | ".join(_fmt(row[m], m) for m in shared) + " |" for name, row in rows.items()]
+        lines.append("")
+    return "\n".join(lines)

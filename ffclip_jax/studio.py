@@ -1,7 +1,7 @@
 """FFCLIP studio: a local web page (Gradio) that edits a photo, uploaded w+ latents or a random sample with free-form
-text prompts, using one trained mapper.
+text prompts, using one trained mapper. The command line is `ffclip studio` (`ffclip_jax/cli/studio.py`).
 
-    python -m ffclip_jax.studio --weights runs/tiny/weights [--host 127.0.0.1] [--port 7860] [--align PREDICTOR]
+    ffclip studio --weights runs/tiny/weights [--host 127.0.0.1] [--port 7860] [--align PREDICTOR]
         [--auth-file users.txt] [--batch-size 8] [--no-batching]
 
 The networks are loaded and jit-compiled once at start-up and shared by every visitor. Concurrent edit requests are
@@ -14,8 +14,8 @@ one per-server temporary directory, which is the only path the server lets clien
 """
 from __future__ import annotations
 
-import argparse
 import collections
+import concurrent.futures
 import functools
 import os
 import shutil
@@ -25,14 +25,22 @@ import threading
 import time
 import uuid
 import zipfile
-from typing import Any, Dict, List, Optional, Sequence, Tuple
+from typing import Any, Dict, List, Optional, Sequence
 
+import jax
+import jax.numpy as jnp
 import numpy as np
+from PIL import Image
+from tqdm import tqdm
 
-from ffclip_jax.align import add_align_argument
-from ffclip_jax.errors import FFCLIPError, InputError, run_cli
-from ffclip_jax.grid import save_png
-from ffclip_jax.text.embeddings import add_cache_dir_argument
+from ffclip_jax import inputs, metrics
+from ffclip_jax.batching import in_batches
+from ffclip_jax.errors import CheckpointError, FFCLIPError, InputError
+from ffclip_jax.fileio import atomic_write
+from ffclip_jax.grid import save_png, to_uint8
+from ffclip_jax.outputs import unique_names
+from ffclip_jax.pipeline import DEFAULT_BATCH, Editor
+from ffclip_jax.text.prompts import load_prompts
 
 MAX_PROMPTS = 8
 MAX_SOURCES = 8
@@ -48,7 +56,7 @@ STRENGTH_HELP = ("**Strength**: 1 is upstream FFCLIP, 0 the reconstruction, valu
                  "generator only (no encoder, no mapper).")
 
 
-def _log(msg: str) -> None:
+def log(msg: str) -> None:
     print(f"[studio] {msg}", file=sys.stderr, flush=True)
 
 
@@ -61,22 +69,19 @@ class Studio:
     plain Python / numpy values and file paths under `workdir`."""
 
     def __init__(self, editor, workdir: str, *, prompts: Sequence[str] = (), scorers=None,
-                 scorer_variables: Optional[Dict] = None, align_predictor: Optional[str] = None,
-                 cache_entries: int = CACHE_ENTRIES):
-        """scorers: `metrics.MetricNetworks` (None: no scores) with their variables {name: variables}."""
+                 scorer_variables: Optional[Dict] = None, cache_entries: int = CACHE_ENTRIES):
+        """editor: an `ffclip_jax.pipeline.Editor` (its face predictor aligns uploaded photos); scorers:
+        `metrics.MetricNetworks` (None: no scores) with their variables {name: variables}."""
         self.editor = editor
         self.workdir = os.path.abspath(workdir)
         os.makedirs(os.path.join(self.workdir, "out"), exist_ok=True)
         self.prompts = list(prompts)
         self.scorers, self.scorer_variables = scorers, scorer_variables
-        self.align_predictor = align_predictor
-        self._predictor = None
         self._cache: "collections.OrderedDict[str, Dict]" = collections.OrderedDict()
         self._cache_entries = cache_entries
         self._lock = threading.Lock()
         # every device call runs on this one thread, one at a time (`on_device`): big temporary buffers come from
         # one malloc arena, so the server's memory stays flat whichever Gradio worker thread serves a request
-        import concurrent.futures
         self._device = concurrent.futures.ThreadPoolExecutor(max_workers=1, thread_name_prefix="studio-device")
         self.last_frame_ms: Optional[float] = None
 
@@ -85,7 +90,7 @@ class Studio:
     @property
     def score_names(self) -> List[str]:
         """The `ffclip_jax.metrics` scores shown per edit: CLIP score, of the source and the change, and identity
-        (faces) or MoCo similarity (other domains), as `evaluate.py` reports them."""
+        (faces) or MoCo similarity (other domains), as `ffclip evaluate` reports them."""
         if self.scorers is None:
             return []
         return ["clip_score", "clip_score_source", "clip_score_delta",
@@ -94,11 +99,6 @@ class Studio:
     @functools.cached_property
     def _score_fn(self):
         """jit (x, x_hat, e) -> (B, len(score_names)) with `metrics.image_features` and `metrics.compare`."""
-        import jax
-        import jax.numpy as jnp
-
-        from ffclip_jax import metrics
-
         nets, names = self.scorers, self.score_names
 
         def score(variables, x, x_hat, e):
@@ -110,152 +110,66 @@ class Studio:
         return functools.partial(jax.jit(score), self.scorer_variables)
 
     def scores(self, x, x_hat, e) -> np.ndarray:
-        from ffclip_jax.batching import in_batches
-
         if not self.score_names or not len(x):
             return np.zeros((len(x), 0))
         return in_batches(self._score_fn, [x, x_hat, e], self.editor.batch_size)
 
     # ---- inputs ----------------------------------------------------------------------------------------------
 
-    @staticmethod
-    def parse_prompts(text) -> List[str]:
-        prompts = list(dict.fromkeys(p.strip() for p in str(text or "").splitlines() if p.strip()))
-        if not prompts:
-            raise InputError("no prompt given: write at least one prompt, one per line")
-        if len(prompts) > MAX_PROMPTS:
-            raise InputError(f"{len(prompts)} prompts: at most {MAX_PROMPTS} per edit")
-        return prompts
-
-    @staticmethod
-    def parse_strength(value) -> float:
-        try:
-            s = float(value)
-        except (TypeError, ValueError):
-            raise InputError(f"strength: expected a number, got {value!r}") from None
-        if not np.isfinite(s) or not STRENGTH_RANGE[0] <= s <= STRENGTH_RANGE[1]:
-            raise InputError(f"strength: expected a number from {STRENGTH_RANGE[0]:g} to {STRENGTH_RANGE[1]:g}, "
-                             f"got {value!r}")
-        return s
-
     def read_photo(self, path) -> np.ndarray:
-        """An uploaded photo -> (H, W, 3) uint8 (aligned first when the server has --align)."""
-        from PIL import Image, UnidentifiedImageError
-
+        """An uploaded photo -> (H, W, 3) uint8 (`inputs.read_image`; aligned first when the Editor has a face
+        predictor)."""
         if not path:
             raise InputError("no photo uploaded: upload a photo, or choose latents / a random sample")
         path = _path_of(path)
         name = os.path.basename(path)
         if os.path.getsize(path) > MAX_FILE_BYTES:
             raise InputError(f"{name}: larger than the upload limit {MAX_FILE_SIZE}")
-        try:
-            with Image.open(path) as im:
-                w, h = im.size
-                if max(w, h) > MAX_SIDE:
-                    raise InputError(f"{name}: {w}x{h} pixels, at most {MAX_SIDE} a side")
-                im.load()
-                arr = np.asarray(im.convert("RGB"))
-        except (UnidentifiedImageError, OSError, ValueError, Image.DecompressionBombError) as e:
-            raise InputError(f"{name}: not a readable image ({type(e).__name__})") from None
-        if self.align_predictor:
-            from ffclip_jax.align import align_for_encoder, load_predictor
-
-            if self._predictor is None:
-                self._predictor = load_predictor(self.align_predictor)
-            input_size = self.editor.encoder[0].input_size if self.editor.encoder else (256, 256)
-            aligned, skipped = align_for_encoder([arr], self._predictor, input_size)
+        arr = inputs.read_image(path, name, max_side=MAX_SIDE)
+        if self.editor.predictor is not None:
+            aligned, skipped = self.editor.align([arr])
             if skipped:
                 raise InputError(f"{name}: no face found to align")
             arr = aligned[0]
         return arr
 
     def read_latents(self, path, all_rows: bool = False) -> np.ndarray:
+        """Uploaded w+ latents (`inputs.load_latents`): the first row, or every row (at most MAX_SOURCES)."""
         if not path:
             raise InputError("no latents uploaded: upload a .npy of w+ latents")
         path = _path_of(path)
         name = os.path.basename(path)
-        shape = self.editor.latent_shape
-        try:
-            a = np.load(path, allow_pickle=False)
-        except (OSError, ValueError, EOFError) as e:
-            raise InputError(f"{name}: not a readable .npy file ({type(e).__name__})") from None
-        if a.ndim == 2:
-            a = a[None]
-        if (not isinstance(a, np.ndarray) or a.ndim != 3 or tuple(a.shape[1:]) != shape
-                or not np.issubdtype(a.dtype, np.floating) or len(a) == 0):
-            raise InputError(f"{name}: expected float w+ of shape ({shape[0]}, {shape[1]}) or (N, {shape[0]}, "
-                             f"{shape[1]}), got {a.dtype} {a.shape}")
+        expected = inputs.LatentShape(*self.editor.latent_shape, "the studio's mapper")
+        a = inputs.load_latents(path, expected, name=name, mmap=True)
         a = a if all_rows else a[:1]
         if len(a) > MAX_SOURCES:
             raise InputError(f"{name}: {len(a)} latents, at most {MAX_SOURCES} per edit")
-        if not np.all(np.isfinite(a)):
-            raise InputError(f"{name}: latents contain NaN or infinite values")
-        return a.astype(np.float32)
+        return np.asarray(a, np.float32)
 
     # ---- device work -----------------------------------------------------------------------------------------
 
-    def sample_rows(self, seeds: Sequence[int], truncations: Sequence[float]) -> np.ndarray:
-        """w+ of editor.sample(1, seed, truncation) for each (seed, truncation), run together (per truncation)."""
-        import jax
-        import jax.numpy as jnp
-
-        from ffclip_jax.batching import in_batches, jit_apply
-        from ffclip_jax.models.stylegan2 import Generator
-
-        ed = self.editor
-        out = np.zeros((len(seeds),) + ed.latent_shape, np.float32)
-        fn = jit_apply(ed.generator, Generator.w_plus)
-        for t in sorted(set(truncations)):
-            idx = [i for i, tt in enumerate(truncations) if tt == t]
-            z = np.concatenate([np.asarray(jax.random.normal(jax.random.PRNGKey(int(seeds[i])),
-                                                             (1, ed.generator.style_dim))) for i in idx])
-            out[idx] = in_batches(lambda zs: fn(ed.generator_variables, zs, jnp.float32(t)), [z], ed.batch_size)
-        return out
-
-    def render(self, w, small: bool = False) -> np.ndarray:
-        """Generator images of w+ rows in the Editor's fixed batches; small=True (the slider) runs few rows in the
-        smallest power-of-two batch that holds them (1, 2, 4, ... batch_size: a few compilations, no padding to 8)."""
-        from ffclip_jax.batching import in_batches, jit_apply
-
-        ed = self.editor
-        fn = functools.partial(jit_apply(ed.generator, input_is_latent=True), ed.generator_variables)
-        batch = ed.batch_size
-        if small:
-            batch = min(batch, 1 << max(0, int(np.ceil(np.log2(max(1, len(w)))))))
-        return in_batches(fn, [np.asarray(w, np.float32)], batch)
-
-    def map_rows(self, w, e, s) -> np.ndarray:
-        from ffclip_jax.batching import in_batches, jit_apply
-
-        ed = self.editor
-        fn = functools.partial(jit_apply(ed.mapper), ed.mapper_variables)
-        return in_batches(fn, [w, e, np.asarray(s, np.float32)], ed.batch_size)
-
     def warm_up(self) -> None:
         """Compile every network once (the first visitor should not wait for XLA)."""
-        from tqdm import tqdm
-
         ed = self.editor
         steps = ["sample", "mapper", "generator"] + (["encoder"] if ed.encoder else []) + (
             ["scores"] if self.score_names else [])
         t0 = time.perf_counter()
         with tqdm(total=len(steps), desc="studio warm-up (jit)", unit="net", file=sys.stderr) as bar:
-            w = self.sample_rows([0], [1.0])
+            w = ed.sample_rows([0], [1.0])
             bar.update()
             e = ed.text_embeddings([self.prompts[0] if self.prompts else "a face"])
-            w_hat = self.map_rows(w, e, [1.0])
+            w_hat = ed.map_rows(w, e, [1.0])
             bar.update()
-            x = self.render(np.concatenate([w, w_hat]))
-            self.render(w_hat, small=True)  # the slider's one-frame re-render
+            x = ed.render_rows(np.concatenate([w, w_hat]))
+            ed.render_rows(w_hat, small=True)  # the slider's one-frame re-render
             bar.update()
             if ed.encoder:
-                size = tuple(ed.encoder[0].input_size)
-                ed.invert(np.zeros((1,) + size + (3,), np.uint8))
+                ed.invert_rows(np.zeros((1,) + ed.input_size + (3,), np.float32))
                 bar.update()
             if self.score_names:
                 self.scores(x[:1], x[1:], e)
                 bar.update()
-        _log(f"warm-up done in {time.perf_counter() - t0:.1f}s")
+        log(f"warm-up done in {time.perf_counter() - t0:.1f}s")
 
     # ---- cache -----------------------------------------------------------------------------------------------
 
@@ -311,8 +225,8 @@ class Studio:
         parsed: List[Any] = []
         for req in requests:
             try:
-                prompts = self.parse_prompts(req.get("prompts"))
-                strength = self.parse_strength(req.get("strength", 1.0))
+                prompts = inputs.prompts(str(req.get("prompts") or ""), max_count=MAX_PROMPTS)
+                strength = inputs.strength(req.get("strength", 1.0), bounds=STRENGTH_RANGE)
                 kind, value = self._source(req)
                 parsed.append(dict(kind=kind, value=value, prompts=prompts, strength=strength,
                                    scores_on=bool(req.get("scores", True))))
@@ -323,7 +237,7 @@ class Studio:
         images = [(i, p["value"]) for i, p in enumerate(parsed) if p.get("kind") == "images"]
         if images:
             try:
-                codes = ed.invert([v for _, v in images])
+                codes = ed.invert([v for _, v in images], align=False)  # `read_photo` aligned them
                 for (i, _), c in zip(images, codes):
                     parsed[i]["w"] = c[None]
             except FFCLIPError as e:
@@ -331,7 +245,7 @@ class Studio:
                     parsed[i] = dict(error=str(e))
         rnd = [(i, p["value"]) for i, p in enumerate(parsed) if p.get("kind") == "random"]
         if rnd:
-            ws = self.sample_rows([v[0] for _, v in rnd], [v[1] for _, v in rnd])
+            ws = ed.sample_rows([v[0] for _, v in rnd], [v[1] for _, v in rnd])
             for (i, _), w in zip(rnd, ws):
                 parsed[i]["w"] = w[None]
         for p in parsed:
@@ -357,7 +271,7 @@ class Studio:
             rows_s += [np.full(n * k, p["strength"], np.float32), np.ones(n * k, np.float32)]
         if ok:
             w_all, e_all = np.concatenate(rows_w), np.concatenate(rows_e)
-            mapped = self.map_rows(w_all, e_all, np.concatenate(rows_s))
+            mapped = ed.map_rows(w_all, e_all, np.concatenate(rows_s))
             srcs = np.concatenate([p["w"] for p in ok])
             edited_rows, pos = [], 0
             for p in ok:
@@ -367,7 +281,7 @@ class Studio:
                 edited_rows.append(p["w_hat"])
                 pos += 2 * m
             edited = np.concatenate(edited_rows)
-            rendered = self.render(np.concatenate([srcs, edited]))
+            rendered = ed.render_rows(np.concatenate([srcs, edited]))
             recon_all, x_hat_all = rendered[:len(srcs)], rendered[len(srcs):]
             # scores: source image of each row vs its edit
             x_rows = np.concatenate([np.repeat(recon_all[a:a + len(p["w"])], len(p["prompts"]), axis=0)
@@ -391,7 +305,7 @@ class Studio:
                 continue
             out.append(self._write_edit(p))
         n_ok = sum("error" not in o for o in out)
-        _log(f"edit: {len(requests)} request(s) ({n_ok} ok) in one batch, {time.perf_counter() - t0:.3f}s")
+        log(f"edit: {len(requests)} request(s) ({n_ok} ok) in one batch, {time.perf_counter() - t0:.3f}s")
         return out
 
     def _write_edit(self, p: Dict) -> Dict:
@@ -413,9 +327,6 @@ class Studio:
 
     def _edit_outputs(self, entry: Dict, x_hat: np.ndarray, w_hat: np.ndarray, strength: float, tag: str) -> Dict:
         """PNGs, gallery, comparison, zip and latents of edits (N, P, H, W, 3) at one strength."""
-        from ffclip_jax.edit import unique_names
-        from ffclip_jax.fileio import atomic_write
-
         d = entry["dir"]
         sub = os.path.join(d, f"{tag}_{uuid.uuid4().hex[:8]}")
         os.makedirs(sub, exist_ok=True)
@@ -449,15 +360,15 @@ class Studio:
     def _rerender(self, token, strength) -> Dict:
         """The cached edit at another strength: w + strength * delta through the generator only."""
         entry = self.get(token)
-        s = self.parse_strength(strength)
+        s = inputs.strength(strength, bounds=STRENGTH_RANGE)
         w, delta = entry["w"], entry["delta"]
         n, k = delta.shape[:2]
         w_hat = (w[:, None] + np.float32(s) * delta).astype(np.float32)
         t0 = time.perf_counter()
-        x = self.render(w_hat.reshape((n * k,) + w.shape[1:]), small=True)
+        x = self.editor.render_rows(w_hat.reshape((n * k,) + w.shape[1:]), small=True)
         dt = time.perf_counter() - t0
         self.last_frame_ms = 1000 * dt / (n * k)
-        _log(f"re-render: {n * k} frame(s) at strength {s:g} in {dt * 1000:.1f} ms "
+        log(f"re-render: {n * k} frame(s) at strength {s:g} in {dt * 1000:.1f} ms "
              f"({self.last_frame_ms:.1f} ms/frame, generator only)")
         res = self._edit_outputs(entry, x.reshape((n, k) + x.shape[1:]), w_hat, s, "rerender")
         res["ms_per_frame"] = self.last_frame_ms
@@ -469,20 +380,15 @@ class Studio:
     def _sweep(self, token, strength, frames: int = SWEEP_FRAMES) -> Dict:
         """An animated lossless WebP of the first source and prompt from strength 0 to `strength` and the frames'
         latents (frames, L, D)."""
-        from PIL import Image
-
-        from ffclip_jax.fileio import atomic_write
-        from ffclip_jax.grid import to_uint8
-
         entry = self.get(token)
-        s = self.parse_strength(strength)
+        s = inputs.strength(strength, bounds=STRENGTH_RANGE)
         frames = int(frames)
         if not 2 <= frames <= 64:
             raise InputError(f"frames: expected 2 to 64, got {frames}")
         steps = np.linspace(0.0, s, frames).astype(np.float32)
         w, delta = entry["w"][0], entry["delta"][0, 0]
         ws = (w[None] + steps[:, None, None] * delta[None]).astype(np.float32)
-        x = to_uint8(self.render(ws))
+        x = to_uint8(self.editor.render_rows(ws))
         sub = os.path.join(entry["dir"], f"sweep_{uuid.uuid4().hex[:8]}")
         os.makedirs(sub, exist_ok=True)
         anim = os.path.join(sub, "sweep.webp")
@@ -497,14 +403,12 @@ class Studio:
         return self.on_device(self._random_sample, seed, truncation)
 
     def _random_sample(self, seed, truncation) -> Dict:
-        from ffclip_jax.fileio import atomic_write
-
         try:
             seed, truncation = int(seed), float(truncation)
         except (TypeError, ValueError):
             raise InputError("seed must be an integer and truncation a number") from None
-        w = self.sample_rows([seed], [truncation])
-        x = self.render(w)
+        w = self.editor.sample_rows([seed], [truncation])
+        x = self.editor.render_rows(w)
         d = os.path.join(self.workdir, "out", "samples", uuid.uuid4().hex[:12])
         os.makedirs(d, exist_ok=True)
         png = save_png(os.path.join(d, f"sample_seed{seed}.png"), x[0])
@@ -524,49 +428,47 @@ def _path_of(value) -> str:
 
 
 def domain_prompts(weights) -> List[str]:
-    """The manifest's "prompts" field (a list, or a built-in list name / file), else the FFHQ list."""
-    from ffclip_jax.text.prompts import load_prompts
-
+    """The manifest's "prompts" field (a list, or a built-in list name / file), else the FFHQ list; each prompt once
+    (`inputs.prompts`)."""
     field = weights.manifest.get("prompts") if weights is not None else None
     if isinstance(field, list) and all(isinstance(p, str) for p in field) and field:
-        return field
+        return inputs.prompts(field)
     if isinstance(field, str):
         try:
-            return load_prompts(field)
+            return inputs.prompts(load_prompts(field))
         except FFCLIPError:
             pass
-    return load_prompts("ffhq")
+    return inputs.prompts(load_prompts("ffhq"))
 
 
-def load_studio(weights_dir: str, workdir: str, *, batch_size: int = 8, align: Optional[str] = None,
+def load_studio(weights_dir: str, workdir: str, *, batch_size: int = DEFAULT_BATCH, align: Optional[str] = None,
                 cache_dir: Optional[str] = None, scores: bool = True) -> Studio:
-    from ffclip_jax.edit import Editor
-
-    _log(f"loading networks from {weights_dir}")
-    editor = Editor.from_pretrained(weights_dir, batch_size=batch_size, cache_dir=cache_dir)
-    return _studio_for(editor, workdir, align=align, scores=scores)
+    log(f"loading networks from {weights_dir}")
+    editor = Editor.from_pretrained(weights_dir, batch_size=batch_size, cache_dir=cache_dir, align=align)
+    return _studio_for(editor, workdir, scores=scores)
 
 
-def _studio_for(editor, workdir: str, align=None, scores: bool = True) -> Studio:
-    from ffclip_jax.metrics import MetricNetworks
-    from ffclip_jax.weights import pretrained
-
+def _studio_for(editor, workdir: str, scores: bool = True) -> Studio:
+    """The studio of an Editor, with the scores of its domain (identity for faces, else MoCo similarity) when the
+    weights directory has the networks."""
     weights = editor.weights
-    found = next((name for name in ("arcface", "moco") if weights is not None and weights.has(name)), None)
-    if not scores or editor.clip is None or found is None:
-        return Studio(editor, workdir, prompts=domain_prompts(weights), align_predictor=align)
-    module, variables = pretrained.load(weights.path(found, "the edit scores"))
-    return Studio(editor, workdir, prompts=domain_prompts(weights), align_predictor=align,
-                  scorers=MetricNetworks(editor.clip[0], **{found: module}),
-                  scorer_variables={"clip": editor.clip[1], found: variables})
+    prompts = domain_prompts(weights)
+    if not scores or editor.clip is None or weights is None:
+        return Studio(editor, workdir, prompts=prompts)
+    try:
+        domain = metrics.choose_domain(weights, background=False)
+    except CheckpointError:
+        return Studio(editor, workdir, prompts=prompts)
+    nets, variables = metrics.metric_networks(weights, editor.clip, domain, background=False)
+    return Studio(editor, workdir, prompts=prompts, scorers=nets, scorer_variables=variables)
 
 
 # ---------------------------------------------------------------------------------------------------------------
 # the page
 
 
-def _theme():
-    import gradio as gr
+def theme():
+    import gradio as gr  # optional (the `studio` extra) and slow to import: only when a page is built
 
     # system fonts only: nothing is fetched from the internet (the default theme would name web fonts)
     return gr.themes.Default(font=["ui-sans-serif", "system-ui", "sans-serif"],
@@ -575,17 +477,19 @@ def _theme():
 
 def build_app(editor_or_weights_dir, workdir: Optional[str] = None, *, batching: bool = True,
               max_batch_size: Optional[int] = None, align: Optional[str] = None, cache_dir: Optional[str] = None,
-              warm_up: bool = True):
-    """The Gradio Blocks of the studio around an Editor (or a weights directory, loaded here). Returns the Blocks;
-    its `.studio` attribute is the engine and `.studio.workdir` the only directory the page writes to."""
-    import gradio as gr
-    import pandas as pd
+              batch_size: int = DEFAULT_BATCH, warm_up: bool = True):
+    """The Gradio Blocks of the studio around an Editor (or a weights directory, loaded here with the face predictor
+    `align`; an Editor brings its own). Returns the Blocks; its `.studio` attribute is the engine and
+    `.studio.workdir` the only directory the page writes to."""
+    import gradio as gr  # optional (the `studio` extra) and slow to import: only when a page is built
+    import pandas as pd  # gradio's dependency, for its tables
 
     workdir = workdir or tempfile.mkdtemp(prefix="ffclip-studio-")
     if isinstance(editor_or_weights_dir, (str, os.PathLike)):
-        studio = load_studio(os.fspath(editor_or_weights_dir), workdir, align=align, cache_dir=cache_dir)
+        studio = load_studio(os.fspath(editor_or_weights_dir), workdir, align=align, cache_dir=cache_dir,
+                             batch_size=batch_size)
     else:
-        studio = _studio_for(editor_or_weights_dir, workdir, align=align)
+        studio = _studio_for(editor_or_weights_dir, workdir)
     if warm_up:
         studio.warm_up()
     max_batch = max_batch_size or max(1, studio.editor.batch_size)
@@ -610,7 +514,7 @@ def build_app(editor_or_weights_dir, workdir: Optional[str] = None, *, batching:
         try:
             results = studio.edit_many(reqs)
         except Exception as e:  # keep serving: report the failure to every user of this batch
-            _log(f"edit failed: {type(e).__name__}: {e}")
+            log(f"edit failed: {type(e).__name__}: {e}")
             results = [{"error": f"internal error ({type(e).__name__}: {e})"}] * len(reqs)
         outs = [edit_outputs(r) for r in results]
         return [list(col) for col in zip(*outs)]
@@ -657,7 +561,7 @@ def build_app(editor_or_weights_dir, workdir: Optional[str] = None, *, batching:
                 source = gr.Radio(list(SOURCES), value="photo" if has_encoder else "random", label="source",
                                   elem_id="source")
                 photo = gr.File(label="photo (an aligned face" + (", or any photo: it is aligned first)"
-                                                                    if align else ")"),
+                                                                    if studio.editor.predictor is not None else ")"),
                                 file_types=["image"], type="filepath", elem_id="photo")
                 latents = gr.File(label="w+ latents (.npy, (L, D) or (N, L, D))", file_types=[".npy"],
                                   type="filepath", elem_id="latents")
@@ -712,60 +616,3 @@ def build_app(editor_or_weights_dir, workdir: Optional[str] = None, *, batching:
         examples.click(add_prompt, [prompts, examples], prompts, api_visibility="private", queue=False)
     app.studio = studio
     return app
-
-
-def _read_auth(path: str) -> List[Tuple[str, str]]:
-    pairs = []
-    try:
-        with open(path) as f:
-            for n, line in enumerate(f, 1):
-                line = line.strip()
-                if not line or line.startswith("#"):
-                    continue
-                user, sep, password = line.partition(":")
-                if not sep or not user or not password:
-                    raise InputError(f"--auth-file {path}: line {n}: expected user:password")
-                pairs.append((user, password))
-    except OSError as e:
-        raise InputError(f"--auth-file {path}: unreadable ({e.strerror})") from None
-    if not pairs:
-        raise InputError(f"--auth-file {path}: no user:password line")
-    return pairs
-
-
-def build_parser() -> argparse.ArgumentParser:
-    p = argparse.ArgumentParser(prog="python -m ffclip_jax.studio", description=__doc__.split("\n\n")[0])
-    p.add_argument("--weights", required=True, help="weights directory (manifest, trainer export or workdir)")
-    p.add_argument("--host", default="127.0.0.1", help="address to bind (0.0.0.0 only when you mean it)")
-    p.add_argument("--port", type=int, default=7860)
-    add_align_argument(p)
-    p.add_argument("--auth-file", help="file of user:password lines (Gradio auth)")
-    p.add_argument("--batch-size", type=int, default=8, help="rows per device call (the jit batch)")
-    p.add_argument("--no-batching", action="store_true", help="run edit requests one at a time (benchmarks)")
-    add_cache_dir_argument(p)
-    return p
-
-
-def main(argv=None) -> None:
-    args = build_parser().parse_args(argv)
-    auth = _read_auth(args.auth_file) if args.auth_file else None
-    if args.align and not os.path.isfile(args.align):
-        raise InputError(f"--align {args.align}: no such file")
-    workdir = tempfile.mkdtemp(prefix="ffclip-studio-")
-    os.environ["GRADIO_TEMP_DIR"] = os.path.join(workdir, "gradio")  # gradio's upload/cache copies stay here too
-    os.environ["GRADIO_ANALYTICS_ENABLED"] = "False"
-    os.environ.setdefault("GRADIO_SERVER_NAME", args.host)
-    try:
-        app = build_app(args.weights, workdir, batching=not args.no_batching, align=args.align,
-                        cache_dir=args.cache_dir)
-        app.queue(default_concurrency_limit=1, max_size=1024)
-        _log(f"serving on http://{args.host}:{args.port} (files under {workdir})")
-        app.launch(server_name=args.host, server_port=args.port, share=False, auth=auth, inbrowser=False,
-                   allowed_paths=[workdir], max_file_size=MAX_FILE_SIZE, show_error=True, ssr_mode=False,
-                   theme=_theme(), quiet=False, enable_monitoring=False, mcp_server=False, pwa=False)
-    finally:
-        shutil.rmtree(workdir, ignore_errors=True)
-
-
-if __name__ == "__main__":
-    sys.exit(run_cli(main))

@@ -17,6 +17,20 @@ from typing import Dict
 import jax
 import jax.numpy as jnp
 import numpy as np
+from PIL import Image
+
+from ffclip_jax.data import build, dataset_dir, open_split, synthetic_latents
+from ffclip_jax.fileio import atomic_write
+from ffclip_jax.grid import to_uint8
+from ffclip_jax.models import clip
+from ffclip_jax.models.arcface import Backbone
+from ffclip_jax.models.e4e import Encoder4Editing
+from ffclip_jax.models.lpips import HEAD_INIT_MAX, LPIPS
+from ffclip_jax.models.moco import ResNet50
+from ffclip_jax.models.parsenet import UNet
+from ffclip_jax.models.stylegan2 import Generator
+from ffclip_jax.weights import pretrained
+from ffclip_jax.weights.clip_dir import save_clip
 
 GENERATOR = dict(size=32, style_dim=64, n_mlp=2, channel_multiplier=1, channel_max=32)
 ARCFACE = dict(input_size=112, num_layers=50, mode="ir_se")
@@ -46,8 +60,6 @@ def _save_flax(directory: str, model: str, module, config, example, seed: int, n
     """Random variables of `module` saved as a converted directory: `module.init`, or a numpy fill of its shapes
     (`numpy_fill`, for the deep torch.nn-style networks whose init would take long to compile); `buffers` replace
     those of the same name."""
-    from ffclip_jax.weights import pretrained
-
     if numpy_fill:
         rng = np.random.RandomState(seed)
         shapes = jax.eval_shape(module.init, jax.random.PRNGKey(seed), example)
@@ -61,23 +73,15 @@ def _save_flax(directory: str, model: str, module, config, example, seed: int, n
 
 def _save_photo(path: str, generator, variables, w) -> None:
     """The generator's image of w+ (1, L, D), enlarged to the tiny e4e's input size, as a PNG."""
-    from PIL import Image
-
-    from ffclip_jax.fileio import atomic_write
-    from ffclip_jax.grid import to_uint8
-
     image = to_uint8(generator.apply(variables, w, input_is_latent=True))[0]
     photo = Image.fromarray(image).resize(E4E["input_size"][::-1], Image.BICUBIC)
     atomic_write(path, lambda tmp: photo.save(tmp, format="PNG"))
 
 
 def _save_clip(directory: str, seed: int) -> None:
-    from ffclip_jax.models import clip
-    from ffclip_jax.weights import pretrained
-
     config = clip.tiny_config()
     _, variables = clip.init_random(config, seed)
-    pretrained.save_clip(directory, config, variables, extra={"source": "ffclip_jax.tiny (random)"}, overwrite=True)
+    save_clip(directory, config, variables, extra={"source": "ffclip_jax.tiny (random)"}, overwrite=True)
 
 
 NETWORKS = ("generator", "e4e", "clip", "arcface", "parsenet", "moco", "lpips_alex", "lpips_vgg")
@@ -85,9 +89,6 @@ NETWORKS = ("generator", "e4e", "clip", "arcface", "parsenet", "moco", "lpips_al
 
 def _save_lpips(directory: str, backbone: str, seed: int) -> None:
     """A random LPIPS(backbone) (numpy fill; heads U(0, 0.2), non-negative like the released ones)."""
-    from ffclip_jax.models.lpips import HEAD_INIT_MAX, LPIPS
-    from ffclip_jax.weights import pretrained
-
     module = LPIPS(backbone)
     x = jnp.zeros((1, module.min_size, module.min_size, 3))
     rng = np.random.RandomState(seed)
@@ -100,13 +101,6 @@ def _save_lpips(directory: str, backbone: str, seed: int) -> None:
 
 def ensure_networks(directory: str, seed: int = 0) -> Dict[str, str]:
     """Create the random networks missing under `directory`; returns {network: converted directory}."""
-    from ffclip_jax.models.arcface import Backbone
-    from ffclip_jax.models.e4e import Encoder4Editing
-    from ffclip_jax.models.moco import ResNet50
-    from ffclip_jax.models.parsenet import UNet
-    from ffclip_jax.models.stylegan2 import Generator
-    from ffclip_jax.weights import pretrained
-
     directory = os.path.abspath(directory)
     paths = {name: os.path.join(directory, name) for name in NETWORKS}
 
@@ -141,9 +135,6 @@ def ensure_networks(directory: str, seed: int = 0) -> Dict[str, str]:
 def ensure_assets(directory: str, seed: int = 0) -> Dict[str, str]:
     """`ensure_networks`, the synthetic latents data set and the sample photo: {network: directory, "data_dir": DIR,
     "photos": DIR}, creating what is missing."""
-    from ffclip_jax.data import build, dataset_dir, open_split, synthetic_latents
-    from ffclip_jax.weights import pretrained
-
     directory = os.path.abspath(directory)
     paths = dict(ensure_networks(directory, seed), data_dir=os.path.join(directory, "data"),
                  photos=os.path.join(directory, "photos"))

@@ -17,7 +17,7 @@ def assert_close(a, b, max_tol, mean_tol):
 
 
 def load_script(filename: str, module_name: str):
-    """A top-level script of the repository (train.py, evaluate.py) imported as a module."""
+    """A top-level script of the repository (train.py) imported as a module."""
     spec = importlib.util.spec_from_file_location(module_name, os.path.join(ROOT, filename))
     module = importlib.util.module_from_spec(spec)
     spec.loader.exec_module(module)

@@ -1,5 +1,6 @@
 """FFHQ face alignment (ffclip_jax.align): geometry on synthetic faces, equality with an in-test transcription of the
-published procedure, 5 vs 68 points, the dlib path with a shape predictor trained here, the CLI and bad inputs."""
+published procedure, 5 vs 68 points, the dlib path with a shape predictor trained here, the CLI and bad inputs, and
+`--align` of invert and the studio, photos stored rotated with an EXIF orientation tag included."""
 import json
 import os
 import subprocess
@@ -11,7 +12,13 @@ import scipy.ndimage
 from PIL import Image, ImageDraw
 
 from ffclip_jax import align
+from ffclip_jax.cli import align as align_cli
+from ffclip_jax.cli.invert import main as invert_main
 from ffclip_jax.errors import CheckpointError, ConfigError, InputError, run_cli
+from ffclip_jax.inputs import read_image
+from ffclip_jax.outputs import MANIFEST, RunFolder
+from ffclip_jax.pipeline import Editor
+from ffclip_jax.studio import Studio
 from test_invert import encoder_dir  # noqa: F401  (fixture)
 
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
@@ -51,6 +58,15 @@ SPOT_COLOURS = {"eye_left": (230, 30, 30), "eye_right": (30, 230, 30), "mouth": 
 def similarity(points, scale, theta, translate) -> np.ndarray:
     c, s = np.cos(theta), np.sin(theta)
     return np.asarray(points, dtype=np.float64) @ np.array([[c, -s], [s, c]]).T * scale + np.asarray(translate)
+
+
+def save_rotated(path, displayed: np.ndarray, orientation: int = 6) -> None:
+    """Save `displayed` (H, W, 3) uint8 as a camera does: the pixels stored turned, and the EXIF Orientation tag
+    (3: 180 degrees, 6: 90 clockwise, 8: 90 counter-clockwise to display) saying how to turn them back."""
+    undo = {3: Image.Transpose.ROTATE_180, 6: Image.Transpose.ROTATE_90, 8: Image.Transpose.ROTATE_270}[orientation]
+    exif = Image.Exif()
+    exif[0x0112] = orientation
+    Image.fromarray(displayed).transpose(undo).save(path, exif=exif)
 
 
 def spot_image(h, w, spots) -> np.ndarray:
@@ -293,12 +309,15 @@ def test_detect_landmarks_with_trained_predictor(predictor_path, drawn_photos):
 def test_cli_with_predictor_aligns_all_faces_and_lists_skipped(predictor_path, drawn_photos, tmp_path, capsys):
     photos, _, _ = drawn_photos
     out = tmp_path / "aligned"
-    rc = run_cli(align.main, ["--images", str(photos), "--output", str(out), "--predictor", predictor_path,
+    rc = run_cli(align_cli.main, ["--images", str(photos), "--output", str(out), "--predictor", predictor_path,
                               "--size", "96", "--transform-size", "192", "--all-faces"])
     err = capsys.readouterr().err
     assert rc == 0
-    assert sorted(os.listdir(out)) == ["group.png", "group_1.png", "one.png"]
-    for f in os.listdir(out):
+    assert sorted(os.listdir(out)) == [MANIFEST, "group.png", "group_1.png", "one.png"]
+    manifest = json.loads((out / MANIFEST).read_text())
+    assert manifest["tool"] == "align" and sorted(manifest["files"]) == ["group.png", "group_1.png", "one.png"]
+    assert sorted(os.path.basename(s["file"]) for s in manifest["skipped"]) == ["broken.jpg", "plain.png"]
+    for f in manifest["files"]:
         assert np.asarray(Image.open(out / f)).shape == (96, 96, 3)
     assert f"skipped {photos / 'plain.png'}: no face found" in err
     assert f"skipped {photos / 'broken.jpg'}: not a readable image" in err
@@ -315,12 +334,12 @@ def test_cli_landmarks_json_writes_aligned_pngs_atomically(tmp_path):
     spec = {str(tmp_path / "a.png"): lm_a.tolist(), "b.jpg": [five_b.tolist(), (lm_a * 0.5).tolist()]}
     (tmp_path / "lm.json").write_text(json.dumps(spec))
     out = tmp_path / "aligned"
-    proc = subprocess.run([sys.executable, "-m", "ffclip_jax.align", "--images", str(tmp_path / "a.png"),
+    proc = subprocess.run([sys.executable, "-m", "ffclip_jax", "align", "--images", str(tmp_path / "a.png"),
                            str(tmp_path / "b.jpg"), "--output", str(out), "--landmarks", str(tmp_path / "lm.json"),
                            "--size", "64", "--transform-size", "128"],
                           cwd=ROOT, capture_output=True, text=True, timeout=60)
     assert proc.returncode == 0, proc.stderr
-    assert sorted(os.listdir(out)) == ["a.png", "b.png"]     # first face only without --all-faces, no temp files
+    assert sorted(os.listdir(out)) == ["a.png", "b.png", MANIFEST]  # first face only without --all-faces, no temp files
     np.testing.assert_array_equal(np.asarray(Image.open(out / "a.png")), align.align_face(a, lm_a, 64, 128))
     b_read = np.asarray(Image.open(tmp_path / "b.jpg"))
     np.testing.assert_array_equal(np.asarray(Image.open(out / "b.png")), align.align_face(b_read, five_b, 64, 128))
@@ -329,7 +348,7 @@ def test_cli_landmarks_json_writes_aligned_pngs_atomically(tmp_path):
 # -------------------------------------------------------------------------------------------------- bad inputs
 
 def _cli_error(capsys, argv):
-    rc = run_cli(align.main, argv)
+    rc = run_cli(align_cli.main, argv)
     err = capsys.readouterr().err.strip()
     assert rc == 2 and err.startswith("error: ") and "\n" not in err and "Traceback" not in err, err
     return err
@@ -368,7 +387,7 @@ def test_bad_landmarks_give_one_line_errors(tmp_path, capsys):
     err = _cli_error(capsys, args + [str(tmp_path / "none.json")])
     assert "none.json: cannot read landmarks" in err
     (tmp_path / "other.json").write_text(json.dumps({"y.png": template_68().tolist()}))
-    rc = run_cli(align.main, args + [str(tmp_path / "other.json")])
+    rc = run_cli(align_cli.main, args + [str(tmp_path / "other.json")])
     err = capsys.readouterr().err
     assert rc == 2 and f"skipped {tmp_path / 'x.png'}: no entry in the landmarks" in err
     assert err.strip().splitlines()[-1] == "error: no face aligned from 1 file(s)"
@@ -379,10 +398,10 @@ def test_unreadable_image_is_skipped_and_listed(tmp_path, capsys):
     Image.fromarray(image).save(tmp_path / "good.png")
     (tmp_path / "bad.png").write_bytes(b"\x89PNG\r\n\x1a\n truncated")
     (tmp_path / "lm.json").write_text(json.dumps({"good.png": lm.tolist(), "bad.png": lm.tolist()}))
-    rc = run_cli(align.main, ["--images", str(tmp_path), "--output", str(tmp_path / "out"),
+    rc = run_cli(align_cli.main, ["--images", str(tmp_path), "--output", str(tmp_path / "out"),
                               "--landmarks", str(tmp_path / "lm.json"), "--size", "32", "--transform-size", "64"])
     err = capsys.readouterr().err
-    assert rc == 0 and os.listdir(tmp_path / "out") == ["good.png"]
+    assert rc == 0 and sorted(os.listdir(tmp_path / "out")) == [MANIFEST, "good.png"]
     assert f"skipped {tmp_path / 'bad.png'}: not a readable image" in err
 
 
@@ -411,42 +430,79 @@ def test_same_stem_twice_is_an_error(tmp_path):
         (tmp_path / sub).mkdir()
         Image.new("RGB", (32, 32)).save(tmp_path / sub / "x.png")
     with pytest.raises(InputError, match="would both be written as x.png"):
-        align.align_files([str(tmp_path / "a" / "x.png"), str(tmp_path / "b" / "x.png")], str(tmp_path / "out"),
-                          landmarks={"x.png": template_68()}, progress=False)
+        align.align_files([str(tmp_path / "a" / "x.png"), str(tmp_path / "b" / "x.png")],
+                          RunFolder(str(tmp_path / "out"), "align"), landmarks={"x.png": template_68()}, progress=False)
+
+
+def test_rerun_replaces_the_previous_run_only_with_overwrite(tmp_path, capsys):
+    """Aligning into a previous run's folder: refused without --overwrite; with it the old faces go (exactly the
+    files the manifest lists), other files stay."""
+    a, lm_a = random_case(10, 160, 160, 12, (80, 70))
+    Image.fromarray(a).save(tmp_path / "a.png")
+    Image.fromarray(a).save(tmp_path / "b.png")
+    (tmp_path / "lm.json").write_text(json.dumps({"a.png": lm_a.tolist(), "b.png": lm_a.tolist()}))
+    out = tmp_path / "out"
+    args = ["--output", str(out), "--landmarks", str(tmp_path / "lm.json"), "--size", "32", "--transform-size", "64"]
+    assert run_cli(align_cli.main, ["--images", str(tmp_path / "a.png"), str(tmp_path / "b.png"), *args]) == 0
+    (out / "notes.txt").write_text("mine")
+    capsys.readouterr()
+    err = _cli_error(capsys, ["--images", str(tmp_path / "a.png"), *args])
+    assert "holds a previous run (2 files" in err and "--overwrite" in err
+    assert run_cli(align_cli.main, ["--images", str(tmp_path / "a.png"), *args, "--overwrite"]) == 0
+    assert sorted(os.listdir(out)) == ["a.png", MANIFEST, "notes.txt"]
+
+
+def _encoder_size_face(image, predictor_path, size):
+    return align.align_face(image, align.detect_landmarks(image, predictor_path)[0], size, size)
+
+
+def test_read_image_applies_the_exif_orientation(tmp_path):
+    """The one image reader shows a photo as displayed: PNG and JPEG files stored turned (orientations 3, 6, 8)."""
+    yy, xx = np.mgrid[:40, :60]
+    upright = np.stack([xx * 4, yy * 6, 255 - xx * 4], axis=-1).astype(np.uint8)
+    turn_back = {3: Image.Transpose.ROTATE_180, 6: Image.Transpose.ROTATE_270, 8: Image.Transpose.ROTATE_90}
+    for orientation in (3, 6, 8):
+        save_rotated(tmp_path / f"r{orientation}.png", upright, orientation)
+        np.testing.assert_array_equal(read_image(str(tmp_path / f"r{orientation}.png")), upright)
+        save_rotated(tmp_path / f"r{orientation}.jpg", upright, orientation)
+        stored = Image.open(tmp_path / f"r{orientation}.jpg")  # lossy: compare with its own decoded pixels, turned
+        assert stored.size == ((60, 40) if orientation == 3 else (40, 60))  # (W, H): turned by 6 and 8
+        np.testing.assert_array_equal(read_image(str(tmp_path / f"r{orientation}.jpg")),
+                                      np.asarray(stored.convert("RGB").transpose(turn_back[orientation])))
 
 
 def test_invert_align_option_aligns_at_the_encoder_size(predictor_path, drawn_photos, encoder_dir, tmp_path, capsys):
-    """`python -m ffclip_jax.invert --align PREDICTOR`: each photo's largest face FFHQ-aligned at the encoder's input
-    size (e4e's inference) before inversion; photos without a face are listed and skipped."""
-    from ffclip_jax.invert import invert_arrays, load_encoder, main as invert_main
-
+    """`ffclip invert --align PREDICTOR`: each photo's largest face FFHQ-aligned at the encoder's input size (e4e's
+    inference) before inversion, a photo stored rotated with an EXIF orientation tag as displayed; photos without a
+    face are listed and skipped."""
     photos, one, _ = drawn_photos
+    image = np.asarray(Image.open(photos / "one.png"))
+    save_rotated(photos / "turned.png", image, orientation=8)
     out = tmp_path / "codes.npy"
-    rc = run_cli(invert_main, ["--encoder", encoder_dir, "--images", str(photos / "one.png"), str(photos / "plain.png"),
-                               "--output", str(out), "--align", predictor_path])
+    rc = run_cli(invert_main, ["--encoder", encoder_dir, "--images", str(photos / "one.png"),
+                               str(photos / "turned.png"), str(photos / "plain.png"), "--output", str(out),
+                               "--align", predictor_path])
     err = capsys.readouterr().err
     assert rc == 0, err
-    assert "without a face" in err and "plain.png" in err
-    encoder, variables = load_encoder(encoder_dir)
-    image = np.asarray(Image.open(photos / "one.png"))
-    size = max(encoder.input_size)
-    aligned = align.align_face(image, align.detect_landmarks(image, predictor_path)[0], size, size)
-    np.testing.assert_allclose(np.load(out), invert_arrays(encoder, variables, [aligned], progress=False), atol=1e-6)
+    assert f"skipped {photos / 'plain.png'}: no face found" in err
+    editor = Editor.from_pretrained(encoder_dir)
+    aligned = _encoder_size_face(image, predictor_path, max(editor.input_size))
+    codes = np.load(out)
+    assert codes.shape[0] == 2 and json.loads((tmp_path / "codes.json").read_text())[1].endswith("turned.png")
+    np.testing.assert_allclose(codes, np.repeat(editor.invert([aligned]), 2, axis=0), atol=1e-6)
 
 
-def test_studio_align_option(predictor_path, drawn_photos, tmp_path):
-    """The studio's --align: an uploaded photo's largest face aligned at the encoder's input size, as invert --align
-    does; a photo without a face is a message."""
-    import types
-
-    from ffclip_jax.studio import Studio
-
+def test_studio_align_option(predictor_path, drawn_photos, encoder_dir, tmp_path):
+    """The studio engine's photo reader with --align: an uploaded photo's largest face aligned at the encoder's input
+    size, as invert --align does, a photo stored rotated with an EXIF tag as displayed; no face is a message."""
     photos, _, _ = drawn_photos
-    encoder = types.SimpleNamespace(input_size=(32, 32))
-    studio = Studio(types.SimpleNamespace(encoder=(encoder, None)), str(tmp_path / "work"),
-                    align_predictor=predictor_path)
+    studio = Studio(Editor.from_pretrained(encoder_dir, align=predictor_path), str(tmp_path / "work"))
     image = np.asarray(Image.open(photos / "one.png"))
-    want = align.align_face(image, align.detect_landmarks(image, predictor_path)[0], 32, 32)
+    want = _encoder_size_face(image, predictor_path, 32)
     np.testing.assert_array_equal(studio.read_photo(str(photos / "one.png")), want)
+    save_rotated(tmp_path / "turned.jpg", image, orientation=6)
+    turned = np.asarray(Image.open(tmp_path / "turned.jpg").transpose(Image.Transpose.ROTATE_270))  # JPEG's pixels
+    np.testing.assert_array_equal(studio.read_photo(str(tmp_path / "turned.jpg")),
+                                  _encoder_size_face(turned, predictor_path, 32))
     with pytest.raises(InputError, match="no face found"):
         studio.read_photo(str(photos / "plain.png"))

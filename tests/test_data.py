@@ -12,7 +12,7 @@ from jax.sharding import Mesh, NamedSharding, PartitionSpec
 
 from ffclip_jax.weights import pretrained
 from ffclip_jax.data import TrainBatches, eval_batches, open_split, synthetic_latents
-from ffclip_jax.data.__main__ import main as data_main
+from ffclip_jax.cli.data import main as data_main
 from ffclip_jax.errors import FFCLIPError, run_cli
 from ffclip_jax.text.prompts import load_prompts
 from ffclip_jax.models.stylegan2 import Generator
@@ -97,7 +97,7 @@ def test_cli_subprocess_build_info_and_no_overwrite(tmp_path, capsys):
     np.save(tmp_path / "train_latents.npy", np.ones((3, 18, 512), np.float32))
     np.save(tmp_path / "test_latents.npy", np.zeros((2, 18, 512), np.float16))
     args = ["build", "--domain", "ffhq", "--manual-dir", str(tmp_path), "--data-dir", str(tmp_path / "d")]
-    r = subprocess.run([sys.executable, "-m", "ffclip_jax.data"] + args, cwd=ROOT, capture_output=True, text=True)
+    r = subprocess.run([sys.executable, "-m", "ffclip_jax", "data"] + args, cwd=ROOT, capture_output=True, text=True)
     assert r.returncode == 0, r.stderr
     assert "wrote ffclip_latents/ffhq (train 3, test 2; w (18, 512))" in r.stdout
     assert run_cli(data_main, args) == 2
@@ -109,11 +109,12 @@ def test_cli_subprocess_build_info_and_no_overwrite(tmp_path, capsys):
     assert info["source"]["source"] == "files"
 
 
+SHAPE_ERROR = "expected float w+ latents of shape (N, 18, 512) or (18, 512) (expected by domain ffhq), got"
 BAD_INPUTS = {
-    "wrong rank": (np.zeros((4, 18 * 512), np.float32), "rank 3"),
-    "wrong n_latent": (np.zeros((4, 14, 512), np.float32), "n_latent 14"),
-    "wrong style dim": (np.zeros((4, 18, 256), np.float32), "style dimension 256"),
-    "int dtype": (np.zeros((4, 18, 512), np.int64), "floating point"),
+    "wrong rank": (np.zeros((4, 18 * 512), np.float32), f"{SHAPE_ERROR} float32 (4, 9216)"),
+    "wrong n_latent": (np.zeros((4, 14, 512), np.float32), f"{SHAPE_ERROR} float32 (4, 14, 512)"),
+    "wrong style dim": (np.zeros((4, 18, 256), np.float32), f"{SHAPE_ERROR} float32 (4, 18, 256)"),
+    "int dtype": (np.zeros((4, 18, 512), np.int64), f"{SHAPE_ERROR} int64 (4, 18, 512)"),
     "nan": (np.concatenate([np.zeros((2, 18, 512)), np.full((1, 18, 512), np.nan)]).astype(np.float32),
             "latent 2 contains NaN"),
     "inf": (np.full((1, 18, 512), np.inf, np.float32), "latent 0 contains NaN or inf"),
@@ -184,7 +185,8 @@ def test_synthetic_build_and_generator_checks(tiny_generator, tmp_path, capsys):
                                str(tmp_path / "w18.npy"), "--generator", tiny_generator,
                                "--data-dir", str(tmp_path / "e")]) == 2
     err = capsys.readouterr().err.strip()
-    assert "n_latent 18" in err and "expected by generator" in err and len(err.splitlines()) == 1
+    assert "shape (N, 6, 64) or (6, 64) (expected by generator" in err and "got float32 (2, 18, 64)" in err
+    assert len(err.splitlines()) == 1
 
 
 # ---------------------------------------------------------------- input pipeline

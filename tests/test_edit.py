@@ -1,7 +1,8 @@
-"""Editing tool end to end on tiny random upstream-format checkpoints: `convert_weights all` on a folder with
+"""Editing tool end to end on tiny random upstream-format checkpoints: `ffclip convert all` on a folder with
 misleading file names (a subprocess), the weights-directory resolver, the Editor API (shapes, strength 0 = the
 reconstruction, several prompts in one call = separate calls, parity of the whole chain against the PyTorch
-references), the CLI outputs, and one-line errors for bad input."""
+references), the CLI outputs and its output folder rule, a photo stored rotated through `ffclip edit --align`, and
+one-line errors for bad input."""
 import copy
 import json
 import os
@@ -17,10 +18,10 @@ import torch
 from PIL import Image
 
 from convert_weights.__main__ import main as convert_main
-from ffclip_jax import edit as edit_lib
+from ffclip_jax.cli import edit as edit_cli
 from ffclip_jax.weights import pretrained
 from ffclip_jax.models.clip import tiny_config
-from ffclip_jax.edit import Editor
+from ffclip_jax.pipeline import Editor
 from ffclip_jax.errors import FFCLIPError, run_cli
 from ffclip_jax.text.tokenizer import tokenize
 from ffclip_jax.weights.manifest import resolve
@@ -29,6 +30,7 @@ from torch_ref import irse, moco as tmoco, parsenet as tparsenet
 from torch_ref.mapper import DynamicMapper as TorchMapper, randomize_layer_norms_, release_checkpoint
 from torch_ref.stylegan2 import Generator as TorchGenerator, randomize_ as randomize_generator_
 from parity import ROOT, assert_close
+from test_align import drawn_photos, predictor_path, save_rotated  # noqa: F401  (fixtures)
 
 SIZE, DIM, N_LATENT, INPUT = 16, 64, 6, 32  # generator size, style_dim (= tiny CLIP embed_dim), w+ layers, e4e input
 BATCH = 4
@@ -38,7 +40,7 @@ BATCH = 4
 def upstream(tmp_path_factory):
     """A folder of tiny upstream-format checkpoints of six kinds (ArcFace, an IR-SE50 at any size, is only detected:
     `test_detect_arcface`), each saved under another kind's file name, plus files that are no checkpoint of a known
-    model; converted by a `python -m convert_weights all` subprocess."""
+    model; converted by an `ffclip convert all` subprocess (`python -m ffclip_jax convert all`)."""
     threads = torch.get_num_threads()
     torch.set_num_threads(1)
     torch.manual_seed(0)
@@ -65,7 +67,7 @@ def upstream(tmp_path_factory):
     torch.set_num_threads(threads)
     out = d / "weights"
     env = dict(os.environ, PYTHONPATH=ROOT, JAX_PLATFORMS="cpu")
-    r = subprocess.run([sys.executable, "-m", "convert_weights", "all", "--from", str(src), "--output", str(out),
+    r = subprocess.run([sys.executable, "-m", "ffclip_jax", "convert", "all", "--from", str(src), "--output", str(out),
                         "--e4e-input-size", str(INPUT), str(INPUT)], capture_output=True, text=True, env=env, cwd=ROOT)
     assert r.returncode == 0, r.stderr
     return dict(dir=d, src=src, out=out, stdout=r.stdout, gen=gen, enc=enc, mapper=mapper, clip=clip,
@@ -250,10 +252,10 @@ def test_cli(upstream, tmp_path, capsys):
     out = tmp_path / "out"
     base = ["--weights", str(upstream["out"]), "--cache-dir", str(upstream["dir"] / "cache"), "--batch-size",
             str(BATCH)]
-    assert run_cli(edit_lib.main, base + ["--text", "blue hair", "--text", "Man aged 10", "--strength", "0.5,1",
+    assert run_cli(edit_cli.main, base + ["--text", "blue hair", "--text", "Man aged 10", "--strength", "0.5,1",
                                           "--images", str(photos), "--output", str(out), "--save-latents"]) == 0
     err = capsys.readouterr().err
-    assert "skipped 1 unreadable file(s)" in err and "broken.png" in err
+    assert f"skipped {photos / 'broken.png'}: not a readable image" in err
     files = set(os.listdir(out))
     for name in ("face_0", "face_1"):
         assert f"{name}__reconstruction.png" in files
@@ -268,10 +270,10 @@ def test_cli(upstream, tmp_path, capsys):
     assert meta["prompts"] == ["blue hair", "Man aged 10"] and meta["strengths"] == [0.5, 1.0]
 
     np.save(tmp_path / "w.npy", latents[:, 0, 0])
-    assert run_cli(edit_lib.main, base + ["--text", "Bald", "--latents", str(tmp_path / "w.npy"),
+    assert run_cli(edit_cli.main, base + ["--text", "Bald", "--latents", str(tmp_path / "w.npy"),
                                           "--output", str(tmp_path / "out2")]) == 0
     assert {"latent0000__Bald__1.png", "latent0001__Bald__1.png", "grid.png"} <= set(os.listdir(tmp_path / "out2"))
-    assert run_cli(edit_lib.main, base + ["--text", "Bald", "--random", "3", "--seed", "1", "--truncation", "0.7",
+    assert run_cli(edit_cli.main, base + ["--text", "Bald", "--random", "3", "--seed", "1", "--truncation", "0.7",
                                           "--output", str(tmp_path / "out3"), "--save-latents"]) == 0
     assert np.load(tmp_path / "out3" / "latents.npy").shape == (3, 1, 1, N_LATENT, DIM)
 
@@ -284,7 +286,8 @@ def test_bad_inputs(upstream, tmp_path, capsys):
         (base + ["--random", "2"], "no prompt given"),
         (base + ["--text", "Bald", "--images", str(tmp_path / "bad.jpg")], "none of the 1 files could be read"),
         (base + ["--text", "Bald", "--latents", str(tmp_path / "wrong.npy")],
-         rf"expected float w\+ of shape \(N, {N_LATENT}, {DIM}\), got float32 \(2, {N_LATENT + 1}, {DIM}\)"),
+         rf"expected float w\+ latents of shape \(N, {N_LATENT}, {DIM}\) or \({N_LATENT}, {DIM}\) \(expected by the "
+         rf"mapper in .*\), got float32 \(2, {N_LATENT + 1}, {DIM}\)"),
         (["--weights", str(upstream["out"] / "mapper"), "--output", str(tmp_path / "o"), "--text", "Bald",
           "--images", str(tmp_path / "bad.jpg")], "has no e4e encoder: needed for --images"),
         (["--weights", str(upstream["out"] / "mapper"), "--output", str(tmp_path / "o"), "--text", "Bald",
@@ -294,8 +297,74 @@ def test_bad_inputs(upstream, tmp_path, capsys):
          "no such directory"),
     ]
     for argv, message in cases:
-        assert run_cli(edit_lib.main, argv) == 2, argv
+        assert run_cli(edit_cli.main, argv) == 2, argv
         err = capsys.readouterr().err  # progress bars (\r-separated) may precede the error line
         last = err.rstrip("\n").split("\n")[-1]
         assert err.endswith("\n") and last.startswith("error: ") and re.search(message, last), err
     assert not (tmp_path / "o").exists()
+
+
+def _last_error(capsys):
+    err = capsys.readouterr().err
+    last = err.rstrip("\n").split("\n")[-1]
+    assert last.startswith("error: ") and "Traceback" not in err, err
+    return last
+
+
+def test_output_folder_rule(upstream, tmp_path, capsys):
+    """--output: an existing file is one line; a previous run is replaced only with --overwrite, and then exactly the
+    files its manifest lists go (a re-run with fewer sources leaves none of the old ones); a folder of other files
+    is refused, and with --overwrite written beside them; the manifest, the grid and the files agree."""
+    base = ["--weights", str(upstream["out"]), "--cache-dir", str(upstream["dir"] / "cache"), "--batch-size",
+            str(BATCH), "--text", "Bald", "--seed", "1"]
+    a_file = tmp_path / "passwd"
+    a_file.write_text("root:x:0:0\n")
+    assert run_cli(edit_cli.main, base + ["--random", "1", "--output", str(a_file)]) == 2
+    assert "is a file, expected a folder" in _last_error(capsys) and a_file.read_text() == "root:x:0:0\n"
+
+    out = tmp_path / "out"
+    assert run_cli(edit_cli.main, base + ["--random", "4", "--output", str(out)]) == 0
+    first = json.loads((out / "ffclip-run.json").read_text())
+    assert first["tool"] == "edit" and set(first["files"]) | {"ffclip-run.json"} == set(os.listdir(out))
+    assert {"random0003__Bald__1.png", "grid.png"} <= set(first["files"])
+    assert run_cli(edit_cli.main, base + ["--random", "1", "--output", str(out)]) == 2
+    msg = _last_error(capsys)
+    assert "holds a previous run" in msg and "--overwrite" in msg
+    assert set(os.listdir(out)) == set(first["files"]) | {"ffclip-run.json"}  # refused: nothing touched
+    (out / "mine.txt").write_text("keep me")
+    assert run_cli(edit_cli.main, base + ["--random", "1", "--output", str(out), "--overwrite"]) == 0
+    second = json.loads((out / "ffclip-run.json").read_text())
+    assert sorted(second["files"]) == ["grid.png", "random0000__Bald__1.png", "random0000__reconstruction.png"]
+    assert set(os.listdir(out)) == set(second["files"]) | {"ffclip-run.json", "mine.txt"}
+    assert Image.open(out / "grid.png").size[1] < 2 * 128  # one row of 128 px cells (16 px images enlarged)
+
+    foreign = tmp_path / "foreign"
+    foreign.mkdir()
+    (foreign / "notes.txt").write_text("mine")
+    assert run_cli(edit_cli.main, base + ["--random", "1", "--output", str(foreign)]) == 2
+    assert "file(s) of no ffclip run" in _last_error(capsys) and os.listdir(foreign) == ["notes.txt"]
+    assert run_cli(edit_cli.main, base + ["--random", "1", "--output", str(foreign), "--overwrite"]) == 0
+    assert (foreign / "notes.txt").read_text() == "mine" and (foreign / "grid.png").is_file()
+
+
+def test_edit_align_reads_a_photo_stored_rotated(upstream, predictor_path, drawn_photos, tmp_path, capsys):
+    """`ffclip edit --align` on a photo whose pixels are stored rotated with an EXIF orientation tag edits the photo
+    as displayed: the same files as for the upright photo (without the tag the face is not found)."""
+    photos, _, _ = drawn_photos
+    upright = np.asarray(Image.open(photos / "one.png"))
+    rotated = tmp_path / "rotated"
+    rotated.mkdir()
+    save_rotated(rotated / "one.png", upright, orientation=6)
+    base = ["--weights", str(upstream["out"]), "--cache-dir", str(upstream["dir"] / "cache"), "--batch-size",
+            str(BATCH), "--text", "Bald", "--align", predictor_path, "--save-latents"]
+    assert run_cli(edit_cli.main, base + ["--images", str(photos / "one.png"), "--output", str(tmp_path / "a")]) == 0
+    assert run_cli(edit_cli.main, base + ["--images", str(rotated / "one.png"), "--output", str(tmp_path / "b")]) == 0
+    np.testing.assert_array_equal(np.load(tmp_path / "b" / "latents.npy"), np.load(tmp_path / "a" / "latents.npy"))
+    for name in ("one__Bald__1.png", "one__reconstruction.png"):
+        np.testing.assert_array_equal(np.asarray(Image.open(tmp_path / "b" / name)),
+                                      np.asarray(Image.open(tmp_path / "a" / name)))
+    Image.fromarray(np.rot90(upright)).save(rotated / "untagged.png")  # the same pixels, no tag: no face upright
+    capsys.readouterr()
+    assert run_cli(edit_cli.main, base + ["--images", str(rotated / "untagged.png"), "--output",
+                                          str(tmp_path / "c")]) == 2
+    assert "no face found" in _last_error(capsys)

@@ -1,5 +1,5 @@
-"""Evaluation metrics (ffclip_jax.metrics), the report (ffclip_jax.report) and the `evaluate.py` CLI on tiny random
-weights. Metrics are checked on known pairs with stand-in networks whose outputs are computable by hand; the CLI
+"""Evaluation metrics (ffclip_jax.metrics), the report (ffclip_jax.report), `ffclip evaluate` and `ffclip report` on
+tiny random weights. Metrics are checked on known pairs with stand-in networks whose outputs are computable by hand; the CLI
 runs on a tiny weights directory (32px generator, tiny CLIP, UNet, MoCo; an L2-normalised channel-mean stand-in for
 ArcFace, whose IR-SE50 is too slow to compile in the default suite; the real one runs in the slow test)."""
 import dataclasses
@@ -15,13 +15,14 @@ import jax.numpy as jnp
 import numpy as np
 import pytest
 
-from ffclip_jax import metrics
+from ffclip_jax import metrics, report
+from ffclip_jax.cli import evaluate as evaluate_cli
+from ffclip_jax.cli import report as report_cli
+from ffclip_jax.errors import FFCLIPError, run_cli
+from ffclip_jax.models import clip
 from ffclip_jax.weights import pretrained, registry
-from ffclip_jax import report
-from ffclip_jax.errors import FFCLIPError
-from parity import ROOT, load_script
-
-evaluate_cli = load_script("evaluate.py", "evaluate_cli")
+from ffclip_jax.weights.clip_dir import save_clip
+from parity import ROOT
 
 
 class ChannelMean(nn.Module):
@@ -203,11 +204,9 @@ def _save(directory, model, module, config, seed, *example):
 
 
 def _save_clip(directory, seed):
-    from ffclip_jax.models import clip
-
     config = clip.tiny_config()
     variables = random_variables(clip.build(config), seed, jnp.zeros((1, 224, 224, 3)), jnp.zeros((1, 77), jnp.int32))
-    pretrained.save_clip(str(directory), config, variables)
+    save_clip(str(directory), config, variables)
 
 
 @pytest.fixture(scope="module")
@@ -314,7 +313,7 @@ def test_cli_bad_inputs(tiny_weights, tmp_path):
     root = tiny_weights
     base = ["--weights", str(root / "weights"), "--prompts", str(root / "prompts.txt")]
     msg = _one_line_error(root, tmp_path, *base, "--latents", str(root / "bad_latents.npy"))
-    assert "bad_latents.npy" in msg and "n_latent 9" in msg and "8" in msg
+    assert "bad_latents.npy" in msg and "shape (N, 8, 64) or (8, 64)" in msg and "got float32 (2, 9, 64)" in msg
     msg = _one_line_error(root, tmp_path, "--weights", str(root / "weights_no_metrics"), "--prompts",
                           str(root / "prompts.txt"), "--latents", str(root / "latents.npy"))
     assert "neither arcface + parsenet" in msg
@@ -330,13 +329,32 @@ def test_cli_bad_inputs(tiny_weights, tmp_path):
 
 def test_cli_empty_prompt_file_subprocess(tiny_weights, tmp_path):
     root = tiny_weights
-    proc = subprocess.run([sys.executable, os.path.join(ROOT, "evaluate.py"), "--weights", str(root / "weights"),
+    proc = subprocess.run([sys.executable, "-m", "ffclip_jax", "evaluate", "--weights", str(root / "weights"),
                            "--latents", str(root / "latents.npy"), "--prompts", str(root / "empty.txt"),
-                           "--output", str(tmp_path / "out")], capture_output=True, text=True, timeout=120)
+                           "--output", str(tmp_path / "out")], capture_output=True, text=True, timeout=120,
+                          cwd=ROOT, env=dict(os.environ, PYTHONPATH=ROOT))
     assert proc.returncode == 2
     lines = proc.stderr.strip().splitlines()
     assert len(lines) == 1 and lines[0].startswith("error: ") and "empty.txt: no prompts" in lines[0]
     assert not (tmp_path / "out").exists()
+
+
+def test_report_cli_compares_reports(tiny_weights, stub_arcface, tmp_path, capsys):
+    """`ffclip report` on two evaluations: one row per report of the overall means; strength 0 has no CLIP change."""
+    for name, strength in (("s0", "0"), ("s1", "1")):
+        _run(tiny_weights, tmp_path / name, "--strength", strength, "--limit", "1")
+    capsys.readouterr()
+    out = tmp_path / "cmp.md"
+    assert run_cli(report_cli.main, [str(tmp_path / "s0"), str(tmp_path / "s1"), "--output", str(out)]) == 0
+    text = capsys.readouterr().out
+    assert out.read_text() == text
+    rows = {line.split(" | ")[0].strip("| "): line for line in text.splitlines() if line.startswith("| s")}
+    assert set(rows) == {"s0", "s1"} and "Δ CLIP" in text and "identity" in text
+    header = next(line for line in text.splitlines() if line.startswith("| report"))
+    delta = [c.strip() for c in header.split("|")].index("Δ CLIP")
+    assert [c.strip() for c in rows["s0"].split("|")][delta] == "0.000 ± 0.000"
+    assert run_cli(report_cli.main, [str(tmp_path / "s0"), str(tmp_path / "nothing")]) == 2
+    assert "nothing: no readable report.json" in capsys.readouterr().err
 
 
 @pytest.mark.slow

@@ -13,7 +13,7 @@ import torch
 
 from ffclip_jax.nn import layers
 from ffclip_jax.errors import CheckpointError
-from ffclip_jax.weights.torch_io import load_checkpoint, placeholder_name
+from convert_weights.torch_io import load_checkpoint, placeholder_name
 from torch_ref import stylegan2 as ref
 from parity import nchw, nhwc
 

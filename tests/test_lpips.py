@@ -18,7 +18,7 @@ from convert_weights.__main__ import main as convert_main
 from ffclip_jax.errors import FFCLIPError, InputError, run_cli
 from ffclip_jax.models.lpips import LPIPS
 from ffclip_jax.weights import pretrained, resolve
-from ffclip_jax.weights.torch_io import load_checkpoint
+from convert_weights.torch_io import load_checkpoint
 from parity import nchw
 from torch_ref import lpips as ref
 

@@ -1,4 +1,4 @@
-"""The studio page end to end on tiny random weights: ONE real `python -m ffclip_jax.studio` server process and ONE
+"""The studio page end to end on tiny random weights: ONE real `ffclip studio` server process and ONE
 headless Chromium shared by every test. A browser uploads a photo, edits it with two prompts and checks the gallery
 against the Editor; a broken upload shows a message and the next edit works; gradio_client calls the named endpoints;
 16 concurrent clients get their own answers and the server's memory stays flat."""
@@ -61,7 +61,7 @@ def env(tmp_path_factory):
 
 @pytest.fixture(scope="module")
 def editor(env):
-    from ffclip_jax.edit import Editor
+    from ffclip_jax.pipeline import Editor
 
     return Editor.from_pretrained(env["weights"], batch_size=BATCH, cache_dir=env["cache"])
 
@@ -73,7 +73,7 @@ def server(env):
     e = dict(os.environ, JAX_PLATFORMS="cpu", GRADIO_ANALYTICS_ENABLED="False", PYTHONPATH=ROOT,
              PYTHONUNBUFFERED="1", no_proxy="*", NO_PROXY="*")
     e.pop("XLA_FLAGS", None)
-    proc = subprocess.Popen([sys.executable, "-m", "ffclip_jax.studio", "--weights", env["weights"], "--port",
+    proc = subprocess.Popen([sys.executable, "-m", "ffclip_jax", "studio", "--weights", env["weights"], "--port",
                              str(port), "--batch-size", str(BATCH), "--cache-dir", env["cache"]],
                             cwd=ROOT, env=e, stdout=log, stderr=subprocess.STDOUT)
 
@@ -389,8 +389,8 @@ def test_load(server, editor):
 
 def test_auth_file(tmp_path):
     """--auth-file: user:password lines (comments and blank lines skipped); a bad or empty file is a one-line error."""
+    from ffclip_jax.cli.studio import read_auth as _read_auth
     from ffclip_jax.errors import InputError
-    from ffclip_jax.studio import _read_auth
 
     good = tmp_path / "auth"
     good.write_text("# who may edit\nalice:secret\n\nbob:pa:ss\n")

@@ -1,4 +1,4 @@
-"""Safe checkpoint reading (`ffclip_jax.weights.torch_io`): the FFCLIP release file, whose `opts` pickles OmegaConf
+"""Safe checkpoint reading (`convert_weights.torch_io`): the FFCLIP release file, whose `opts` pickles OmegaConf
 objects, loads as it is with and without torch; pickled code never runs (every opcode that calls or builds); legacy-
 format files read without torch equal torch's own load; damaged files give one-line errors; `convert_weights ffclip`
 and `convert_weights all` convert an OmegaConf release file end to end. "Without torch" runs in a subprocess where
@@ -26,7 +26,7 @@ import torch
 from convert_weights.__main__ import main as convert_main
 from ffclip_jax.errors import CheckpointError, run_cli
 from ffclip_jax.weights import pretrained
-from ffclip_jax.weights.torch_io import (LEGACY_MAGIC, LEGACY_PROTOCOL, Placeholder, ensure_loaded,
+from convert_weights.torch_io import (LEGACY_MAGIC, LEGACY_PROTOCOL, Placeholder, ensure_loaded,
                                          flatten_state_dict, load_checkpoint)
 from torch_ref import mapper as torch_mapper
 from torch_ref import stylegan2 as torch_stylegan2
@@ -42,7 +42,7 @@ TORCH_FREE = r"""
 import argparse, pickle, sys
 sys.modules["torch"] = None
 from ffclip_jax.errors import CheckpointError
-from ffclip_jax.weights.torch_io import load_checkpoint, placeholder_name
+from convert_weights.torch_io import load_checkpoint, placeholder_name
 
 def plain(obj, seen):
     if placeholder_name(obj) is not None:

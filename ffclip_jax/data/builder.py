@@ -22,9 +22,9 @@ import tensorflow_datasets as tfds
 from etils import epath
 from tensorflow_datasets.core.utils import py_utils
 
-from ffclip_jax.weights import pretrained
 from ffclip_jax.data.latents import DOMAINS, STYLE_DIM
 from ffclip_jax.errors import ConfigError, InputError
+from ffclip_jax.fileio import atomic_output_dir
 
 NAME = "ffclip_latents"
 DATASET_VERSION = "1.0.0"
@@ -40,7 +40,7 @@ class LatentsConfig(tfds.core.BuilderConfig):
 class FfclipLatents(tfds.core.GeneratorBasedBuilder):
     """Inverted (or synthetic) StyleGAN2 w+ latents for FFCLIP training. Built from arrays given to the constructor
     (`splits={"train": (N, L, D), "test": (M, L, D)}`, validated by `ffclip_jax.data.latents`); use
-    `python -m ffclip_jax.data build`, which does that."""
+    `ffclip data build`, which does that."""
 
     VERSION = tfds.core.Version(DATASET_VERSION)
     RELEASE_NOTES = {DATASET_VERSION: "w+ latents with their source row index."}
@@ -79,7 +79,7 @@ class FfclipLatents(tfds.core.GeneratorBasedBuilder):
 
     def _split_generators(self, dl_manager):
         if self._splits is None:
-            raise ConfigError(f"{NAME} is built from your latents: run `python -m ffclip_jax.data build --domain "
+            raise ConfigError(f"{NAME} is built from your latents: run `ffclip data build --domain "
                               f"{self.builder_config.name} --train TRAIN.npy --test TEST.npy --data-dir DIR`")
         return {name: self._generate_examples(arr) for name, arr in self._splits.items()}
 
@@ -107,7 +107,7 @@ def build(data_dir: str, domain: str, splits: Mapping[str, Any], source: Dict[st
     if shapes["train"] != shapes["test"]:
         raise InputError(f"test latents have per-example shape {shapes['test']} but train latents {shapes['train']}")
     target = dataset_dir(data_dir, domain)
-    with pretrained.atomic_output_dir(target, overwrite) as tmp:
+    with atomic_output_dir(target, overwrite) as tmp:
         work_root = os.path.join(tmp, "_tfds")
         builder = FfclipLatents(config=domain, data_dir=work_root, file_format="array_record",
                                 splits=splits, source=dict(source, domain=domain))
@@ -123,7 +123,7 @@ def build(data_dir: str, domain: str, splits: Mapping[str, Any], source: Dict[st
 def _builder(data_dir: str, domain: str):
     path = dataset_dir(data_dir, domain)
     if not os.path.isfile(os.path.join(path, "dataset_info.json")):
-        raise ConfigError(f"{path}: no built {NAME}/{domain} dataset; build it with `python -m ffclip_jax.data build "
+        raise ConfigError(f"{path}: no built {NAME}/{domain} dataset; build it with `ffclip data build "
                           f"--domain {domain} --data-dir {data_dir} ...`")
     return tfds.builder_from_directory(path)
 

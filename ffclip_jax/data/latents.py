@@ -1,4 +1,5 @@
-"""Latent sources for the `ffclip_latents` dataset: validated .npy files of inverted w+ and synthetic w+.
+"""Latent sources for the `ffclip_latents` dataset: the shape each domain expects, and synthetic w+ (files of inverted
+w+ are read by `ffclip_jax.inputs.load_latents`, memory-mapped).
 
 Both give arrays (N, n_latent, style_dim) (float, possibly memory-mapped or a broadcast view) that the TFDS
 builder writes example by example. Nothing here writes files.
@@ -7,7 +8,6 @@ from __future__ import annotations
 
 import dataclasses
 import functools
-import os
 from typing import Optional
 
 import jax
@@ -16,6 +16,8 @@ import numpy as np
 from tqdm.auto import tqdm
 
 from ffclip_jax.errors import ConfigError, InputError
+from ffclip_jax.inputs import LatentShape
+from ffclip_jax.weights import pretrained
 
 
 @dataclasses.dataclass(frozen=True)
@@ -33,73 +35,27 @@ DOMAINS = {
     "custom": Domain(None, None, "Any generator: latents (n_latent x style_dim) of the user's choice."),
 }
 STYLE_DIM = 512
-CHECK_CHUNK = 4096  # latents per NaN/inf check step (bounded memory on memory-mapped files)
-
-
-@dataclasses.dataclass(frozen=True)
-class Expected:
-    """What the latents must look like; `why` names where the expectation came from (for error messages)."""
-    n_latent: Optional[int]
-    style_dim: Optional[int]
-    why: str
 
 
 def expected_shape(domain: str, *, n_latent: Optional[int] = None, generator=None,
-                   generator_dir: Optional[str] = None) -> Expected:
+                   generator_dir: Optional[str] = None) -> LatentShape:
     """Expected (n_latent, style_dim): an explicit n_latent, else the generator's, else the domain default."""
     if domain not in DOMAINS:
         raise ConfigError(f"unknown domain {domain!r}; expected one of {', '.join(DOMAINS)}")
     style_dim = generator.style_dim if generator is not None else (None if domain == "custom" else STYLE_DIM)
     if n_latent is not None:
-        return Expected(int(n_latent), style_dim, f"--n-latent {n_latent}")
+        return LatentShape(int(n_latent), style_dim, f"--n-latent {n_latent}")
     if generator is not None:
-        return Expected(generator.n_latent, style_dim, f"generator {generator_dir} (size {generator.size})")
-    return Expected(DOMAINS[domain].n_latent, style_dim, f"domain {domain}")
-
-
-def load_latents(path: str, expected: Expected) -> np.ndarray:
-    """Open and validate a .npy of w+ latents (N, n_latent, style_dim) without loading it whole (memory map).
-
-    Checks, before anything is written: readable .npy, rank 3, float dtype, non-empty, n_latent and style_dim as
-    `expected`, no NaN/inf. Each failure is a one-line InputError naming the file.
-    """
-    path = os.fspath(path)
-    if not os.path.isfile(path):
-        raise InputError(f"{path}: no such latents file")
-    try:
-        arr = np.load(path, mmap_mode="r", allow_pickle=False)
-    except (OSError, ValueError) as e:
-        raise InputError(f"{path}: not a readable .npy array ({str(e).splitlines()[0]})") from None
-    if not isinstance(arr, np.ndarray):
-        raise InputError(f"{path}: holds several arrays ({type(arr).__name__}); expected one .npy array")
-    if arr.ndim != 3:
-        raise InputError(f"{path}: latents must have rank 3 (N, n_latent, style_dim), got shape {arr.shape}")
-    if not np.issubdtype(arr.dtype, np.floating):
-        raise InputError(f"{path}: latents must be floating point, got dtype {arr.dtype}")
-    if arr.shape[0] == 0:
-        raise InputError(f"{path}: empty (shape {arr.shape}); expected at least one latent")
-    if expected.n_latent is not None and arr.shape[1] != expected.n_latent:
-        raise InputError(f"{path}: n_latent {arr.shape[1]} (shape {arr.shape}) does not match {expected.n_latent} "
-                         f"expected by {expected.why}")
-    if expected.style_dim is not None and arr.shape[2] != expected.style_dim:
-        raise InputError(f"{path}: style dimension {arr.shape[2]} (shape {arr.shape}) does not match "
-                         f"{expected.style_dim} expected by {expected.why}")
-    for start in tqdm(range(0, arr.shape[0], CHECK_CHUNK), desc=f"checking {os.path.basename(path)}",
-                      unit="chunk", leave=False, disable=arr.shape[0] <= CHECK_CHUNK):
-        finite = np.isfinite(arr[start:start + CHECK_CHUNK]).all(axis=(1, 2))
-        if not finite.all():
-            raise InputError(f"{path}: latent {start + int(np.argmin(finite))} contains NaN or inf")
-    return arr
+        return LatentShape(generator.n_latent, style_dim, f"generator {generator_dir} (size {generator.size})")
+    return LatentShape(DOMAINS[domain].n_latent, style_dim, f"domain {domain}")
 
 
 def load_generator(generator_dir: str):
     """(module, variables) of a converted StyleGAN2 directory; a one-line error for any other model."""
-    from ffclip_jax.weights import pretrained
-
     meta = pretrained.read_meta(generator_dir)
     if meta["model"] != "stylegan2":
         raise ConfigError(f"{generator_dir}: holds a {meta['model']!r} model, expected a converted stylegan2 "
-                          f"generator (`python -m convert_weights stylegan2 ...`)")
+                          f"generator (`ffclip convert stylegan2 ...`)")
     return pretrained.load(generator_dir)
 
 

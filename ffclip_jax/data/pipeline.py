@@ -18,7 +18,9 @@ import queue
 import threading
 from typing import Any, Dict, Iterator, Optional, Sequence
 
+import jax
 import numpy as np
+from jax.sharding import NamedSharding, PartitionSpec
 
 from ffclip_jax.errors import ConfigError
 
@@ -66,8 +68,6 @@ def read_examples(source, indices: np.ndarray) -> Dict[str, np.ndarray]:
 
 
 def _process(process_index: Optional[int], process_count: Optional[int]):
-    import jax
-
     count = jax.process_count() if process_count is None else int(process_count)
     index = jax.process_index() if process_index is None else int(process_index)
     if not 0 <= index < count:
@@ -84,8 +84,6 @@ class _Placement:
         self.global_batch = global_batch
         self.sharding = None
         if sharding is not None:
-            from jax.sharding import NamedSharding, PartitionSpec
-
             spec = tuple(sharding.spec)
             self.sharding = NamedSharding(sharding.mesh, PartitionSpec(spec[0] if spec else None))
             try:
@@ -97,8 +95,6 @@ class _Placement:
     def __call__(self, local: Dict[str, np.ndarray]):
         if self.sharding is None:
             return local
-        import jax
-
         return {k: jax.make_array_from_process_local_data(self.sharding, v, (self.global_batch,) + v.shape[1:])
                 for k, v in local.items()}
 

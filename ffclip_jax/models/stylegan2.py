@@ -135,10 +135,11 @@ class Generator(nn.Module):
         return x
 
     def w_plus(self, z, truncation=1.0):
-        """z (B, D) -> mapping -> truncation towards latent_avg -> w+ (B, n_latent, D), every row the same w."""
+        """z (B, D) -> mapping -> truncation (a number or one per row, (B,)) towards latent_avg -> w+ (B, n_latent,
+        D), every row the same w."""
         w = self.mapping(z)
         avg = self.variables["buffers"]["latent_avg"]
-        w = avg + truncation * (w - avg)
+        w = avg + jnp.reshape(jnp.asarray(truncation, w.dtype), (-1, 1)) * (w - avg)
         return jnp.broadcast_to(w[:, None], (w.shape[0], self.n_latent, w.shape[-1]))
 
     def mean_latent(self, n: int, key):

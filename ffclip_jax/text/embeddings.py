@@ -6,6 +6,7 @@
 """
 from __future__ import annotations
 
+import functools
 import hashlib
 import json
 import os
@@ -13,22 +14,20 @@ from typing import Any, Optional, Sequence, Tuple, Union
 
 import numpy as np
 
+from ffclip_jax.batching import bucket, in_batches, jit_apply
 from ffclip_jax.errors import InputError
 from ffclip_jax.fileio import atomic_write
-from ffclip_jax.batching import jit_apply
 from ffclip_jax.models.clip import CLIP
+from ffclip_jax.text.tokenizer import tokenize
 from ffclip_jax.weights import pretrained
 
 Network = Tuple[Any, Any]  # (CLIP module, variables), what `pretrained.load` returns
 
 
-
 def encode_text(clip: Network, prompts: Union[Sequence[str], np.ndarray], batch_size: int = 64) -> np.ndarray:
     """OpenAI `model.encode_text(clip.tokenize(prompts, truncate=True))` (unnormalised): (N, embed_dim) float32.
     `prompts`: strings, or an (N, context_length) array of token ids. Jit-compiled once per model and batch size
-    (N rounded up to a power of two, at most `batch_size`); the last batch is zero padded."""
-    from ffclip_jax.text.tokenizer import tokenize
-
+    (N rounded up to a power of two, at most `batch_size`; `batching.in_batches`)."""
     module, variables = clip
     context = module.config.text_config.max_position_embeddings
     if isinstance(prompts, str):
@@ -36,18 +35,8 @@ def encode_text(clip: Network, prompts: Union[Sequence[str], np.ndarray], batch_
     ids = np.asarray(prompts) if isinstance(prompts, np.ndarray) else tokenize(list(prompts), context)
     if ids.ndim != 2 or ids.shape[1] != context or not np.issubdtype(ids.dtype, np.integer):
         raise InputError(f"token ids: expected an integer array (N, {context}), got {ids.dtype} {ids.shape}")
-    fn = jit_apply(module, CLIP.encode_text)
-    n = len(ids)
-    batch = min(batch_size, 1 << (n - 1).bit_length())  # power-of-two buckets: few compilations
-    padded = np.zeros((-(-n // batch) * batch, context), np.int32)
-    padded[:n] = ids
-    out = [np.asarray(fn(variables, padded[i:i + batch])) for i in range(0, len(padded), batch)]
-    return np.concatenate(out)[:n]
-
-
-def add_cache_dir_argument(parser) -> None:
-    """`--cache-dir` of the tools that embed prompts (edit, evaluate, studio)."""
-    parser.add_argument("--cache-dir", help=f"text-embedding cache (default {default_cache_dir()})")
+    fn = functools.partial(jit_apply(module, CLIP.encode_text), variables)
+    return in_batches(fn, [ids.astype(np.int32)], bucket(len(ids), batch_size))
 
 
 def default_cache_dir() -> str:

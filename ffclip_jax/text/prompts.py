@@ -1,7 +1,8 @@
 """Prompt lists: built-in per-domain lists (package data `ffclip_jax/text/prompt_lists/<name>.txt`) or a user file.
 
 A list file has one prompt per line; blank lines and lines starting with `#` are skipped. Duplicates are kept:
-training draws an entry uniformly, so a repeated prompt weighs more (upstream's FFHQ list relies on this).
+training draws an entry uniformly, so a repeated prompt weighs more (upstream's FFHQ list relies on this). The tools
+that edit with a list (evaluate, the studio's examples) apply `ffclip_jax.inputs.prompts` to it, which drops them.
 
     prompts = load_prompts("ffhq")             # the official FFCLIP 53-entry list
     prompts = load_prompts("my_prompts.txt")   # any file
@@ -27,20 +28,15 @@ def prompt_file(name_or_path: str) -> str:
     return name_or_path
 
 
-def parse_prompts(text: str) -> List[str]:
-    """One prompt per line; blank lines and `#` comment lines skipped; order and duplicates kept."""
-    lines = (line.strip() for line in text.splitlines())
-    return [line for line in lines if line and not line.startswith("#")]
-
-
 def load_prompts(name_or_path: str) -> List[str]:
     """The prompt list named `ffhq`, `car`, `church`, or read from a file; a one-line InputError if none."""
     path = prompt_file(os.fspath(name_or_path))
     try:
         with open(path, encoding="utf-8") as f:
-            prompts = parse_prompts(f.read())
+            lines = [line.strip() for line in f.read().splitlines()]
     except (OSError, UnicodeDecodeError) as e:
         raise InputError(f"{path}: unreadable prompt file ({e})") from None
+    prompts = [line for line in lines if line and not line.startswith("#")]
     if not prompts:
         raise InputError(f"{path}: no prompts (expected one prompt per line; '#' starts a comment line)")
     return prompts

@@ -16,7 +16,9 @@ import os
 import warnings
 from typing import Dict, List, Sequence, Tuple, Union
 
+import ftfy
 import numpy as np
+import regex
 
 from ffclip_jax.errors import InputError
 
@@ -46,9 +48,6 @@ def byte_symbols() -> Tuple[str, ...]:
 
 def clean(text: str) -> str:
     """ftfy fix_text, HTML unescape twice, whitespace collapsed and stripped, lower-cased (OpenAI's order)."""
-    import ftfy
-    import regex
-
     text = html.unescape(html.unescape(ftfy.fix_text(text))).strip()
     return regex.sub(r"\s+", " ", text).strip().lower()
 
@@ -58,8 +57,6 @@ class Tokenizer:
     calling the tokenizer gives the padded (N, context_length) id array."""
 
     def __init__(self, vocab_file: str = VOCAB_FILE):
-        import regex
-
         with gzip.open(vocab_file, "rt", encoding="utf-8") as f:
             lines = f.read().split("\n")
         merges = [tuple(line.split()) for line in lines[1:N_MERGES + 1]]

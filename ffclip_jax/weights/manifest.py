@@ -1,7 +1,7 @@
 """Weights directories: where the networks of one setup (mapper, generator, e4e encoder, CLIP, loss networks) live.
 
 A weights directory is any of
-  * a `python -m convert_weights all` output or a trainer export (`manifest.json` mapping networks to directories,
+  * an `ffclip convert all` output or a trainer export (`manifest.json` mapping networks to directories,
     written relative to the manifest so the directory can be moved; absolute paths are read too),
   * a training workdir (its exported `WORKDIR/weights`),
   * a single `convert_weights ffclip` directory (the mapper, with its generator in `generator/`).
@@ -108,6 +108,6 @@ def resolve(directory: str) -> WeightsDir:
                 networks["generator"] = os.path.join(root, "generator")
             return WeightsDir(root, networks)
         return WeightsDir(root, {registry.network_of(model): root})
-    raise CheckpointError(f"weights directory {directory}: no {MANIFEST} (make one with `python -m convert_weights all "
+    raise CheckpointError(f"weights directory {directory}: no {MANIFEST} (make one with `ffclip convert all "
                           f"--from pretrained_models/ --output {directory}`), not a training workdir and not a "
                           f"converted model directory")

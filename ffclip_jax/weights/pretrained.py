@@ -5,27 +5,31 @@
 
 Composite sources (an e4e or FFCLIP file also holding the generator) write the extra model in a subdirectory
 (`DIR/generator`), itself a converted directory. Which class or loader builds a model: `registry`.
-CLIP directories hold transformers' files (config.json + flax_model.msgpack) instead of `variables/`.
+CLIP directories hold transformers' files (config.json + flax_model.msgpack) instead of `variables/`
+(`ffclip_jax.weights.clip_dir`).
 """
 from __future__ import annotations
 
-import contextlib
 import hashlib
 import json
 import os
-import shutil
-import tempfile
-from typing import Any, Dict, Iterator, Optional, Tuple
+from typing import Any, Dict, Optional, Tuple
 
+import flax.linen as nn
+import jax
 import numpy as np
+import orbax.checkpoint as ocp
 
 from ffclip_jax.errors import CheckpointError
+from ffclip_jax.fileio import atomic_output_dir
 from ffclip_jax.weights import registry
 
 FORMAT = "ffclip-jax"
 FORMAT_VERSION = 1
 META_FILE = "model.json"
 VARIABLES_DIR = "variables"
+CLIP_WEIGHTS = "flax_model.msgpack"  # a CLIP directory's weights file (`clip_dir`)
+
 
 def read_meta(directory: str) -> Dict[str, Any]:
     path = os.path.join(directory, META_FILE)
@@ -33,7 +37,7 @@ def read_meta(directory: str) -> Dict[str, Any]:
         raise CheckpointError(f"{directory}: no such directory of converted weights")
     if not os.path.isfile(path):
         raise CheckpointError(f"{directory}: not a converted ffclip-jax directory (no {META_FILE}); create one with "
-                              f"`python -m convert_weights <model> --input FILE --output {directory}`")
+                              f"`ffclip convert <model> --input FILE --output {directory}`")
     try:
         with open(path) as f:
             meta = json.load(f)
@@ -45,25 +49,21 @@ def read_meta(directory: str) -> Dict[str, Any]:
 
 
 def save_variables(path: str, variables) -> None:
-    import orbax.checkpoint as ocp
-
-    tree = _to_numpy_tree(variables)
+    tree = to_numpy_tree(variables)
     with ocp.PyTreeCheckpointer() as ckpt:
         ckpt.save(os.path.abspath(path), tree)
 
 
 def restore_variables(path: str):
-    import orbax.checkpoint as ocp
-
     if not os.path.isdir(path):
         raise CheckpointError(f"{path}: missing variables checkpoint")
     with ocp.PyTreeCheckpointer() as ckpt:
         return ckpt.restore(os.path.abspath(path))
 
 
-def _to_numpy_tree(tree):
+def to_numpy_tree(tree):
     if isinstance(tree, dict) or hasattr(tree, "items"):
-        return {k: _to_numpy_tree(v) for k, v in tree.items()}
+        return {k: to_numpy_tree(v) for k, v in tree.items()}
     return np.asarray(tree)
 
 
@@ -82,40 +82,12 @@ def write_model_dir(directory: str, model: str, config: Dict[str, Any], variable
     save_variables(os.path.join(directory, VARIABLES_DIR), variables)
 
 
-@contextlib.contextmanager
-def atomic_output_dir(directory: str, overwrite: bool = False) -> Iterator[str]:
-    """Yield a temporary sibling directory; on success it replaces `directory`, on error it is removed, so no partial
-    output is ever left at `directory`."""
-    directory = os.path.abspath(directory)
-    if os.path.exists(directory) and not overwrite:
-        raise CheckpointError(f"{directory}: already exists (pass --force to replace it)")
-    parent = os.path.dirname(directory)
-    os.makedirs(parent, exist_ok=True)
-    tmp = tempfile.mkdtemp(prefix=f".{os.path.basename(directory)}.tmp-", dir=parent)
-    os.chmod(tmp, 0o755)
-    try:
-        yield tmp
-    except BaseException:
-        shutil.rmtree(tmp, ignore_errors=True)
-        raise
-    old = None
-    if os.path.exists(directory):
-        old = tempfile.mkdtemp(prefix=f".{os.path.basename(directory)}.old-", dir=parent)
-        os.rmdir(old)
-        os.rename(directory, old)
-    os.rename(tmp, directory)
-    if old:
-        shutil.rmtree(old, ignore_errors=True)
-
-
 def same_model(a: str, b: str) -> bool:
     """Whether two converted directories hold the same model: equal model.json model and config, and every variable
     equal array by array."""
     meta_a, meta_b = read_meta(a), read_meta(b)
     if (meta_a["model"], meta_a.get("config")) != (meta_b["model"], meta_b.get("config")):
         return False
-    import jax
-
     va, vb = (restore_variables(os.path.join(d, VARIABLES_DIR)) for d in (a, b))
     leaves_a, tree_a = jax.tree.flatten(va)
     leaves_b, tree_b = jax.tree.flatten(vb)
@@ -138,8 +110,6 @@ def load(directory: str, **overrides) -> Tuple[Any, Any]:
         target = registry.entry(meta["model"]).resolve()
     except CheckpointError as e:
         raise CheckpointError(f"{directory}/{META_FILE}: {e}") from None
-    import flax.linen as nn
-
     if isinstance(target, type) and issubclass(target, nn.Module):
         config = {k: tuple(v) if isinstance(v, list) else v
                   for k, v in dict(meta.get("config", {}), **overrides).items()}
@@ -151,12 +121,6 @@ def load(directory: str, **overrides) -> Tuple[Any, Any]:
     return target(directory, dict(meta, config=dict(meta.get("config", {}), **overrides)))
 
 
-# ---------------------------------------------------------------------------------------------------------------
-# CLIP: transformers' on-disk format, so `FlaxCLIPModel.from_pretrained(DIR)` reads a converted directory too
-
-CLIP_WEIGHTS = "flax_model.msgpack"
-
-
 def sha256_file(path: str) -> str:
     h = hashlib.sha256()
     with open(path, "rb") as f:
@@ -165,37 +129,7 @@ def sha256_file(path: str) -> str:
     return h.hexdigest()
 
 
-def save_clip(directory: str, config: Dict[str, Any], variables, *, extra=None, overwrite=False) -> None:
-    """Atomically write a CLIP directory: config.json + flax_model.msgpack + model.json (with the weights' sha256,
-    the key of the prompt-embedding cache)."""
-    from transformers import FlaxCLIPModel
-
-    from ffclip_jax.models.clip import hf_config
-
-    params = _to_numpy_tree(dict(variables["params"]))
-    with atomic_output_dir(directory, overwrite) as tmp:
-        FlaxCLIPModel(hf_config(config), _do_init=False).save_pretrained(tmp, params=params)
-        sha = sha256_file(os.path.join(tmp, CLIP_WEIGHTS))
-        write_meta(tmp, "clip", config, dict(extra or {}, weights_sha256=sha))
-
-
-def load_clip(directory: str, meta: Dict[str, Any]):
-    """The registry's loader for model 'clip': (CLIP module, {'params': ...}) from DIR/flax_model.msgpack."""
-    import jax
-    import jax.numpy as jnp
-    from flax import serialization
-
-    from ffclip_jax.models.clip import build
-
-    path = os.path.join(directory, CLIP_WEIGHTS)
-    if not os.path.isfile(path):
-        raise CheckpointError(f"{path}: missing CLIP weights (convert with `python -m convert_weights clip`)")
-    with open(path, "rb") as f:
-        params = serialization.msgpack_restore(f.read())
-    return build(meta["config"]), {"params": jax.tree.map(jnp.asarray, params)}
-
-
 def clip_weights_hash(directory: str) -> str:
-    """sha256 of a CLIP directory's weights (recorded in model.json by `save_clip`; computed if absent)."""
+    """sha256 of a CLIP directory's weights (recorded in model.json by `clip_dir.save_clip`; computed if absent)."""
     meta = read_meta(directory)
     return meta.get("extra", {}).get("weights_sha256") or sha256_file(os.path.join(directory, CLIP_WEIGHTS))

@@ -40,7 +40,7 @@ class Entry:
     @property
     def convert_hint(self) -> str:
         options = f" {self.convert_options}" if self.convert_options else ""
-        return f"python -m convert_weights {self.converter} --input {self.upstream_file}{options} --output DIR"
+        return f"ffclip convert {self.converter} --input {self.upstream_file}{options} --output DIR"
 
 
 ENTRIES: Tuple[Entry, ...] = (
@@ -52,7 +52,7 @@ ENTRIES: Tuple[Entry, ...] = (
           edits_with=True),
     Entry("ffclip_mapper", "ffclip_jax.models.mapper:DynamicMapper", "ffclip", "mapper", "FFCLIP mapper",
           "ffhq_ffclip.pt", edits_with=True),
-    Entry("clip", "ffclip_jax.weights.pretrained:load_clip", "clip", "clip", "CLIP model", "ViT-B-32.pt",
+    Entry("clip", "ffclip_jax.weights.clip_dir:load_clip", "clip", "clip", "CLIP model", "ViT-B-32.pt",
           trained_with=True, edits_with=True),
     Entry("arcface", "ffclip_jax.models.arcface:Backbone", "arcface", "arcface", "ArcFace network",
           "model_ir_se50.pth", trained_with=True),

@@ -1,10 +1,10 @@
-"""Evaluate a trained FFCLIP mapper: CLIP score, identity / background (faces) or MoCo (other domains) preservation
-and latent change for every (test latent, prompt); writes report.json, report.md and PNG plots.
+"""ffclip evaluate: score a trained FFCLIP mapper: CLIP score, identity / background (faces) or MoCo (other domains)
+preservation and latent change for every (test latent, prompt); writes report.json, report.md and PNG plots.
 
-    python evaluate.py --weights weights/ffhq --latents test_latents.npy --prompts ffhq --limit 200 \
+    ffclip evaluate --weights weights/ffhq --latents test_latents.npy --prompts ffhq --limit 200 \
         [--compositions --num-compositions 10] [--seed 0] --output report/
 
---weights: a `convert_weights all` directory, a trainer export or a training workdir (see ffclip_jax.weights).
+--weights: a `ffclip convert all` directory, a trainer export or a training workdir (see ffclip_jax.weights).
 --prompts: a built-in list (ffhq, car, church) or a file, one prompt per line; duplicates are evaluated once.
 --domain: face (identity + background; needs arcface and parsenet) or other (MoCo; needs moco); default: face when
 the weights directory has arcface and parsenet, else other.
@@ -13,18 +13,21 @@ from __future__ import annotations
 
 import argparse
 import os
-import sys
 
+import jax
 import numpy as np
 
-from ffclip_jax.errors import CheckpointError, InputError, run_cli
-from ffclip_jax.text.embeddings import add_cache_dir_argument
-
-DOMAIN_NETWORKS = {"face": ("arcface", "parsenet"), "other": ("moco",)}
+from ffclip_jax import inputs, metrics, report
+from ffclip_jax.cli.arguments import add_batch_size_argument, add_cache_dir_argument, at_least
+from ffclip_jax.errors import InputError
+from ffclip_jax.pipeline import Editor
+from ffclip_jax.text.prompts import load_prompts
+from ffclip_jax.weights import pretrained
+from ffclip_jax.weights.manifest import resolve
 
 
 def build_parser() -> argparse.ArgumentParser:
-    p = argparse.ArgumentParser(prog="python evaluate.py", description=__doc__.split("\n\n")[0])
+    p = argparse.ArgumentParser(prog="ffclip evaluate", description=__doc__.split("\n\n")[0])
     p.add_argument("--weights", required=True, help="weights directory (manifest, trainer export or workdir)")
     p.add_argument("--latents", required=True, help="test w+ latents .npy (N, n_latent, style_dim)")
     p.add_argument("--prompts", required=True, help="built-in prompt list (ffhq, car, church) or a prompt file")
@@ -36,43 +39,19 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--seed", type=int, default=0, help="seed of the composition pairs")
     p.add_argument("--strength", type=float, default=1.0, help="edit strength (1 = upstream FFCLIP)")
     p.add_argument("--domain", choices=("auto", "face", "other"), default="auto")
-    p.add_argument("--batch-size", type=int, default=8)
+    add_batch_size_argument(p)
     add_cache_dir_argument(p)
     p.add_argument("--force", action="store_true", help="replace an existing --output directory")
     return p
 
 
-def choose_domain(weights, domain: str) -> str:
-    """'face' or 'other': as asked, or from the networks the weights directory has."""
-    if domain == "auto":
-        domain = "face" if all(weights.has(n) for n in DOMAIN_NETWORKS["face"]) else "other"
-        if domain == "other" and not weights.has("moco"):
-            raise CheckpointError(f"weights directory {weights.root} has neither arcface + parsenet (faces) nor moco "
-                                  f"(other domains): needed for the preservation metrics")
-    return domain
-
-
 def main(argv=None) -> None:
-    from ffclip_jax.text.prompts import load_prompts
-
     args = build_parser().parse_args(argv)
     if os.path.exists(args.output) and not args.force:
         raise InputError(f"--output {args.output}: already exists (pass --force to replace it)")
-    for name in ("limit", "batch_size", "num_compositions"):
-        value = getattr(args, name)
-        if value is not None and value < 1:
-            raise InputError(f"--{name.replace('_', '-')} must be at least 1, got {value}")
-    prompts = list(dict.fromkeys(load_prompts(args.prompts)))
-
-    import jax
-
-    from ffclip_jax import metrics
-    from ffclip_jax.weights import pretrained
-    from ffclip_jax import report
-    from ffclip_jax.data.latents import Expected, load_latents
-    from ffclip_jax.edit import Editor
-    from ffclip_jax.weights.manifest import resolve
-
+    at_least(args, 1, "limit", "batch_size", "num_compositions")
+    strength = inputs.strength(args.strength, name="--strength")
+    prompts = inputs.prompts(load_prompts(args.prompts))
     entries = [{"prompt": p, "kind": "single", "parts": [p]} for p in prompts]
     if args.compositions:
         entries += [{"prompt": metrics.compose(pair), "kind": "composition", "parts": list(pair)}
@@ -80,33 +59,28 @@ def main(argv=None) -> None:
 
     weights = resolve(args.weights)
     weights.path("clip", "the CLIP score")
-    domain = choose_domain(weights, args.domain)
-    extra_dirs = {n: weights.path(n, f"the {domain}-domain metrics (--domain {domain})")
-                  for n in DOMAIN_NETWORKS[domain]}
-    editor = Editor.from_pretrained(args.weights, batch_size=args.batch_size, cache_dir=args.cache_dir)
-    n_latent, style_dim = editor.latent_shape
-    latents = load_latents(args.latents, Expected(n_latent, style_dim, f"the mapper in {weights.root}"))
+    domain = metrics.choose_domain(weights, args.domain)
+    for name in metrics.DOMAIN_NETWORKS[domain]:
+        weights.path(name, f"the {domain}-domain metrics (--domain {domain})")
+    mapper = pretrained.read_meta(weights.path("mapper"))["config"]
+    expected = inputs.LatentShape(mapper["n_latent"], mapper["style_dim"], f"the mapper in {weights.root}")
+    latents = inputs.load_latents(args.latents, expected, mmap=True)
     indices = np.arange(len(latents) if args.limit is None else min(args.limit, len(latents)))
     latents = np.asarray(latents[indices], np.float32)
-    extra = {n: pretrained.load(path) for n, path in extra_dirs.items()}
+    editor = Editor.from_pretrained(args.weights, batch_size=args.batch_size, cache_dir=args.cache_dir,
+                                    networks=("mapper", "generator", "clip"))
+    nets, variables = metrics.metric_networks(weights, editor.clip, domain)
 
     embeddings = editor.text_embeddings([e["prompt"] for e in entries])
     parts = [editor.text_embeddings(e["parts"]) for e in entries] if args.compositions else None
-
-    nets = metrics.MetricNetworks(clip=editor.clip[0], **{n: module for n, (module, _) in extra.items()})
-    variables = {"clip": editor.clip[1], **{n: v for n, (_, v) in extra.items()}}
-    results = metrics.evaluate(editor, nets, variables, latents, embeddings, batch_size=args.batch_size,
-                               strength=args.strength, part_embeddings=parts)
+    results = metrics.evaluate(editor, nets, variables, latents, embeddings, strength=strength,
+                               part_embeddings=parts)
 
     meta = {"weights": weights.root, "latents": os.path.abspath(args.latents), "prompts": args.prompts,
-            "domain": domain, "seed": args.seed, "strength": args.strength, "compositions": args.compositions,
-            "batch_size": args.batch_size, "image_size": int(editor.generator.size),
+            "domain": domain, "seed": args.seed, "strength": strength, "compositions": args.compositions,
+            "batch_size": args.batch_size, "image_size": int(editor.generator[0].size),
             "clip_preprocess": "PIL bicubic (antialiased) resize of the shorter side + center crop + CLIP mean/std",
             "jax_backend": jax.default_backend(), "networks": dict(weights.networks)}
     rep = report.build_report(entries, results, indices, meta)
     files = report.write_report(args.output, rep, results, overwrite=args.force)
     print(f"wrote {', '.join(files)} to {args.output} ({len(indices)} latents x {len(entries)} prompts)")
-
-
-if __name__ == "__main__":
-    sys.exit(run_cli(main))

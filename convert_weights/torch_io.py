@@ -18,6 +18,7 @@ import pickle
 import zipfile
 from typing import Any, Callable, Dict, List, Optional, Tuple
 
+import ml_dtypes
 import numpy as np
 
 from ffclip_jax.errors import CheckpointError
@@ -34,7 +35,6 @@ _NOTED = set()  # files whose placeholders were already named (converters may re
 
 def _np_dtype(name: str) -> np.dtype:
     if name == "bfloat16":
-        import ml_dtypes
         return np.dtype(ml_dtypes.bfloat16)
     return np.dtype(name)
 
@@ -293,7 +293,7 @@ def _first_line(e: BaseException) -> str:
 
 
 def _torch_to_numpy(x) -> Optional[np.ndarray]:
-    import torch
+    import torch  # optional (the `torch` extra): only here, where torch itself made x
 
     if not isinstance(x, torch.Tensor):
         return None
@@ -304,7 +304,7 @@ def _torch_to_numpy(x) -> Optional[np.ndarray]:
 
 
 def _load_with_torch(path: str) -> Any:
-    import torch
+    import torch  # optional (the `torch` extra): the caller falls back to the inert reader without it
 
     with torch.serialization.safe_globals([argparse.Namespace]):
         obj = torch.load(path, map_location="cpu", weights_only=True)

@@ -1,25 +1,24 @@
-"""python -m ffclip_jax.data build|info: build the `ffclip_latents` dataset, or describe a built one.
+"""ffclip data build|info: build the `ffclip_latents` dataset, or describe a built one.
 
-    python -m ffclip_jax.data build --domain ffhq --train train_latents.npy --test test_latents.npy --data-dir DIR
-    python -m ffclip_jax.data build --domain car --manual-dir LATENTS_DIR --data-dir DIR  # {train,test}_latents.npy
-    python -m ffclip_jax.data build --domain ffhq --synthetic 10000 --generator weights/stylegan2 \
-        --truncation 0.7 --data-dir DIR
-    python -m ffclip_jax.data info --domain ffhq --data-dir DIR
+    ffclip data build --domain ffhq --train train_latents.npy --test test_latents.npy --data-dir DIR
+    ffclip data build --domain car --manual-dir LATENTS_DIR --data-dir DIR  # {train,test}_latents.npy
+    ffclip data build --domain ffhq --synthetic 10000 --generator weights/stylegan2 --truncation 0.7 --data-dir DIR
+    ffclip data info --domain ffhq --data-dir DIR
 """
 from __future__ import annotations
 
 import argparse
 import json
 import os
-import sys
 
-from ffclip_jax.errors import ConfigError, run_cli
+from ffclip_jax.data.builder import build, describe
+from ffclip_jax.data.latents import DOMAINS, expected_shape, load_generator, synthetic_latents
+from ffclip_jax.errors import ConfigError
+from ffclip_jax.inputs import load_latents
 
 
 def build_parser() -> argparse.ArgumentParser:
-    from ffclip_jax.data.latents import DOMAINS
-
-    parser = argparse.ArgumentParser(prog="python -m ffclip_jax.data", description=__doc__.splitlines()[0])
+    parser = argparse.ArgumentParser(prog="ffclip data", description=__doc__.splitlines()[0])
     sub = parser.add_subparsers(dest="command", required=True)
     b = sub.add_parser("build", help="validate latents and write the ffclip_latents/<domain> dataset")
     b.add_argument("--domain", required=True, choices=list(DOMAINS), help="dataset config (sets the default n_latent)")
@@ -41,8 +40,6 @@ def build_parser() -> argparse.ArgumentParser:
 
 
 def _file_splits(args, expected):
-    from ffclip_jax.data.latents import load_latents
-
     if args.manual_dir:
         if args.train or args.test:
             raise ConfigError("give either --manual-dir or --train/--test, not both")
@@ -50,14 +47,13 @@ def _file_splits(args, expected):
         args.test = os.path.join(args.manual_dir, "test_latents.npy")
     if not (args.train and args.test):
         raise ConfigError("build needs --train and --test latents (or --manual-dir, or --synthetic N --generator DIR)")
-    splits = {"train": load_latents(args.train, expected), "test": load_latents(args.test, expected)}
+    splits = {name: load_latents(path, expected, mmap=True) for name, path in (("train", args.train),
+                                                                                ("test", args.test))}
     source = {"source": "files", "train": os.path.abspath(args.train), "test": os.path.abspath(args.test)}
     return splits, source
 
 
 def _synthetic_splits(args, module, variables):
-    from ffclip_jax.data.latents import synthetic_latents
-
     if args.train or args.test or args.manual_dir:
         raise ConfigError("--synthetic takes no --train/--test/--manual-dir")
     if module is None:
@@ -71,9 +67,6 @@ def _synthetic_splits(args, module, variables):
 
 
 def run_build(args) -> None:
-    from ffclip_jax.data.builder import build
-    from ffclip_jax.data.latents import expected_shape, load_generator
-
     module, variables = load_generator(args.generator) if args.generator else (None, None)
     expected = expected_shape(args.domain, n_latent=args.n_latent, generator=module, generator_dir=args.generator)
     if args.synthetic is not None:
@@ -92,10 +85,4 @@ def main(argv=None):
     if args.command == "build":
         run_build(args)
     else:
-        from ffclip_jax.data.builder import describe
-
         print(json.dumps(describe(args.data_dir, args.domain), indent=2))
-
-
-if __name__ == "__main__":
-    sys.exit(run_cli(main))
