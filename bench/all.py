@@ -73,11 +73,23 @@ def studio_jobs(dev, quick):
     return [Job("studio", "bench/studio.py", args, 300, whole=True, priority=4)]
 
 
+def refine_jobs(dev, quick):
+    """W+ and PTI refinement steps/s against the PyTorch loops: 1024 px batch 8 on an accelerator (PTI with vmap and
+    map), 256 px batch 2 on CPU (map; one timed step; longer than the budget leaves on a shared CPU: run
+    `bench/refine.py` on its own there)."""
+    if dev["platform"] != "cpu":
+        args = ["--size", "1024", "--batch", "8", "--iters", "2" if quick else "5", "--torch-device", dev["torch"]]
+        return [Job("refine", "bench/refine.py", args, 480, whole=True, priority=4)]
+    args = ["--size", "256", "--batch", "2", "--iters", "1", "--jax-batchings", "map", "--torch-device", dev["torch"]]
+    return [Job("refine", "bench/refine.py", args, 420, whole=True, priority=4)]
+
+
 # (name, script, jobs(dev, quick)); an entry whose script does not exist (yet) is left out.
 BENCHMARKS = [
     ("generator", "bench/generator.py", generator_jobs),
     ("train_step", "bench/train_step.py", train_jobs),
     ("studio", "bench/studio.py", studio_jobs),
+    ("refine", "bench/refine.py", refine_jobs),
 ]
 
 PROBE = r"""

@@ -31,9 +31,13 @@ import jax.numpy as jnp
 import numpy as np
 import optax
 
+from tqdm.auto import tqdm
+
 from ffclip_jax.errors import InputError
+from ffclip_jax.models.arcface import arcface_input
 from ffclip_jax.models.lpips import LPIPS
 from ffclip_jax.nn import image_ops
+from ffclip_jax.weights import pretrained
 
 Network = Tuple[Any, Any]  # (flax module, variables), what pretrained.load returns
 Progress = Union[bool, Callable[[int, int], None]]
@@ -301,8 +305,6 @@ def _lpips_to(program: _Program, lvars, x, target_features):
 
 def _arcface_features(program: _Program, avars, x):
     """ArcFace's unit-length identity features of images at any size (the ID loss's pooling and crop)."""
-    from ffclip_jax.losses import arcface_input  # here: losses imports CLIP (transformers), slow to import
-
     return program.arcface.apply(avars, arcface_input(x))
 
 
@@ -455,8 +457,6 @@ def _progress_reporter(progress: Progress, total: int, desc: str):
         return lambda done, lpips=None: progress(done, total), lambda: None
     if not progress:
         return lambda done, lpips=None: None, lambda: None
-    from tqdm.auto import tqdm
-
     bar = tqdm(total=total, desc=desc, unit="step", leave=False)
 
     def report(done, lpips=None):
@@ -667,8 +667,6 @@ def save_tuned_generator(directory: str, generator, result: PTIResult, index: in
                          extra: Optional[Dict[str, Any]] = None) -> None:
     """Image `index`'s tuned generator as a converted generator directory (`pretrained.load(directory)` ->
     (Generator, variables) rendering exactly the same images), written atomically."""
-    from ffclip_jax.weights import pretrained
-
     n = len(result.steps)
     if not isinstance(index, (int, np.integer)) or not 0 <= index < n:
         raise InputError(f"index must be an image index in [0, {n}), got {index!r}")
