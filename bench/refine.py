@@ -218,8 +218,8 @@ def main():
         r["ratio_vs_torch"] = r["image_steps_per_s"] / t["image_steps_per_s"] if t and r is not t else None
         ratio = f"{r['ratio_vs_torch']:7.2f}x" if r["ratio_vs_torch"] else f"{'-':>8s}"
         status = "" if r["ratio_vs_torch"] is None else ("met" if r["ratio_vs_torch"] >= target else "not met")
-        print(f"{r['framework']:9s} {r['stage']:6s} {r['batching']:8s} {r['loop']:8s} {r['image_steps_per_s']:13.4f} {ratio} "
-              f"{r['peak_bytes'] / 2**20:9.0f}  {status}")
+        print(f"{r['framework']:9s} {r['stage']:6s} {r['batching']:8s} {r['loop']:8s} {r['image_steps_per_s']:13.4f} "
+              f"{ratio} {r['peak_bytes'] / 2**20:9.0f}  {status}")
     common.write_results(args.json, dict(size=args.size, batch=args.batch, iters=args.iters, target=target,
                                          hardware=hardware, results=results))
 

@@ -89,7 +89,8 @@ class PTISettings:
     l2_weight: float = 1.0            # hyperparameters.pt_l2_lambda (criteria/l2_loss.py: MSELoss mean)
     lpips_weight: float = 1.0         # hyperparameters.pt_lpips_lambda; lpips_type 'alex'
     lpips_threshold: Optional[float] = 0.06  # LPIPS_value_threshold: 0.06 on master (commit f1331c4), 0.07 at first
-    locality: bool = True             # use_locality_regularization: True in the first commit and the paper, False on master
+    locality: bool = True             # use_locality_regularization: True in the first commit and the paper
+    #                                   (False on master)
     regularizer_alpha: float = 30.0   # hyperparameters.regulizer_alpha
     regularizer_l2_weight: float = 0.1     # regulizer_l2_lambda
     regularizer_lpips_weight: float = 0.1  # regulizer_lpips_lambda
@@ -560,8 +561,8 @@ def refine_w_plus(generator: Network, lpips: Network, codes, targets, settings: 
     dtype = codes.dtype
     program = _Program("w_plus", G, lpips[0], None if arcface is None else arcface[0], settings.loss_size, False, 1,
                        "vmap", _loop(loop))
-    latent_std = (float(_latent_std(G, gvars, settings.latent_std_samples, jax.random.split(jax.random.PRNGKey(seed))[1]))
-                  if settings.w_noise > 0 else 0.0)
+    std_key = jax.random.split(jax.random.PRNGKey(seed))[1]  # apart from the images' keys (fold_in of the seed)
+    latent_std = float(_latent_std(G, gvars, settings.latent_std_samples, std_key)) if settings.w_noise > 0 else 0.0
     shared = dict(generator=gvars, lpips=lpips[1], arcface=arcface[1] if program.arcface is not None else None,
                   hp=_hyper(settings, dtype, latent_std=latent_std))
     per = dict(key=image_keys(seed, codes.shape[0]), start=codes,
