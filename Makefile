@@ -5,7 +5,8 @@ PY := $(VENV)/bin/python
 FFCLIP := $(VENV)/bin/ffclip
 PYTEST := $(PY) -m pytest -q -p no:cacheprovider
 
-.PHONY: install install-test install-studio browser demo studio test test-slow bench bench-train bench-all clean
+.PHONY: install install-test install-studio browser demo studio test test-slow test-latest bench bench-train bench-all \
+	clean
 
 $(VENV)/.installed: setup.cfg pyproject.toml
 	$(PYTHON) -m venv $(VENV)
@@ -49,6 +50,27 @@ test: install-test browser
 
 test-slow: install-test browser
 	$(PYTEST) -m "" tests
+
+# make test-latest: the default suite on Python 3.12 with the newest jax/flax/orbax-checkpoint/optax/chex pip serves
+# for it within setup.cfg's ranges (a note names any newer release the ranges keep out), transformers < 5 as pinned.
+# torch for Python 3.12 comes as a CUDA build here: about 4.6 GB in $(VENV_LATEST), installed once.
+PYTHON_LATEST ?= /root/.pyenv/versions/3.12.1/bin/python3
+VENV_LATEST ?= .venv-latest
+LATEST := jax jaxlib flax orbax-checkpoint optax chex
+
+$(VENV_LATEST)/.installed: setup.cfg pyproject.toml
+	$(PYTHON_LATEST) -m venv $(VENV_LATEST)
+	$(VENV_LATEST)/bin/python -m pip install -q --upgrade --upgrade-strategy eager -e '.[test]' $(LATEST)
+	touch $@
+
+test-latest: $(VENV_LATEST)/.installed browser
+	@for p in $(LATEST) transformers torch; do \
+		have=$$($(VENV_LATEST)/bin/python -c "import importlib.metadata as m; print(m.version('$$p'))"); \
+		new=$$($(VENV_LATEST)/bin/python -m pip index versions $$p 2>/dev/null | sed -n 's/^[^ ]* (\(.*\))$$/\1/p'); \
+		echo "test-latest: $$p $$have"; \
+		[ -z "$$new" ] || [ "$$new" = "$$have" ] || echo "note: pip serves $$p $$new; setup.cfg's range keeps $$have"; \
+	done
+	$(VENV_LATEST)/bin/python -m pytest -q -p no:cacheprovider tests
 
 bench: install-test
 	$(PY) bench/generator.py --size 256 --batch 2

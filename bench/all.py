@@ -1,20 +1,32 @@
 """Every benchmark, sized for the device found, in at most `--budget` seconds (default 8 minutes); writes
-bench/results/<device>.json with every number and prints one markdown table (ratios vs PyTorch, targets).
+<results-dir>/<device>.json (every number), .md (the table) and .log (each job's command and output tail), after
+every job, and prints one markdown table (ratios vs PyTorch, targets).
 
-    python bench/all.py [--quick] [--budget 480] [--dry-run]
+    python bench/all.py [--quick | --tiny] [--budget 480] [--dry-run | --build-only] [--results-dir bench/results]
 
 GPU/TPU: generator 1024 px batch 8 (forward, forward+backward; JAX input_scaling vs PyTorch), the FFCLIP training
 step at the ffhq size (1024 px) with batch 8 per device in float32 and bfloat16 (vs PyTorch float32), and the device
-peak bytes of that step (the "1024 batch 8 fits in 16 GB" target). CPU: 256 px, batch 2 for both. Each measurement
-runs in its own process (the `--one` mode of the script) with its own timeout, so a slow or failed one costs only
-itself; what did not run within the budget is reported as not measured. A later bench/*.py joins by adding an entry
-to BENCHMARKS (a whole-script entry runs `script ARGS --json FILE` and keeps that JSON).
+peak bytes of that step (the "1024 batch 8 fits in 16 GB" target). CPU: 256 px, batch 2 for both. `--tiny`: 32 px,
+batch 1, one iteration (a smoke run of every job). Each measurement runs in its own process (the `--one` mode of its
+script) with its own timeout, so a slow or failed one costs only itself, and no process imports both PyTorch and JAX:
+a PyTorch job writes the generator's random weights once (`generator/weights`), the JAX jobs read that file. A job
+still running when the budget ends is stopped, and what did not run is reported as not measured; on SIGTERM or
+Ctrl-C the table of what was measured so far is printed and written. `--dry-run` prints the plan; `--build-only`
+runs every job without timing (networks built, JAX functions traced, nothing compiled).
+
+A later bench/*.py joins by adding an entry to BENCHMARKS. A whole-script entry runs `script ARGS --json FILE` and
+keeps that JSON; a `row` dict in it (setting, ratio, and optionally jax/torch/peak; the name and target are this
+file's) fills its line in the table. The studio engine's batching benchmark (issue 22: the studio engine measured without a web server)
+joins that way as `studio/engine`; until then its row says it is not measured yet.
 """
 import argparse
 import dataclasses
+import importlib.util
 import json
 import os
 import re
+import shutil
+import signal
 import subprocess
 import sys
 import tempfile
@@ -22,8 +34,14 @@ import time
 
 HERE = os.path.dirname(os.path.abspath(__file__))
 ROOT = os.path.dirname(HERE)
+sys.path.insert(0, ROOT)
+
+from ffclip_jax.fileio import atomic_write, write_json_atomic  # noqa: E402  (numpy-free, framework-free)
+
 GIB = 2 ** 30
-TARGETS = dict(generator_backward=1.3, train_step=3.0, memory_bytes=16 * GIB)
+TARGETS = dict(generator_backward=1.3, train_step=3.0, memory_bytes=16 * GIB, studio_batching=3.0)
+STUDIO_ENGINE_PENDING = ("not yet: needs the studio engine (bench/studio.py measuring its batching without a web "
+                         "server)")
 
 
 @dataclasses.dataclass
@@ -34,27 +52,35 @@ class Job:
     timeout: float
     whole: bool = False  # True: run the whole script with --json FILE and keep that file; else `--one`, last line
     priority: int = 5    # lower runs first: the targets' measurements before the rest, in case the budget runs out
+    needs: str = ""      # the label of a job whose success this one needs (its output file)
 
 
-def _sizes(dev, quick):
-    accel = dev["platform"] != "cpu"
-    if accel:
+def sizes(dev, quick=False, tiny=False):
+    """Sizes, iterations and per-job timeouts (seconds) for the device `dev`. On an accelerator a timeout bounds
+    what a hung compile can cost the budget; on CPU the budget alone bounds the run (a shared CPU is slow)."""
+    if tiny:
+        return dict(size=32, gen_batch=1, train_batch=dev["count"], gen_iters=1, train_iters=1, gen_timeout=300,
+                    train_timeout=900)
+    if dev["platform"] != "cpu":
         return dict(size=1024, gen_batch=8, train_batch=8 * dev["count"], gen_iters=3 if quick else 10,
-                    train_iters=2 if quick else 5, gen_timeout=150, train_timeout=240)
+                    train_iters=2 if quick else 5, gen_timeout=180, train_timeout=300)
     return dict(size=256, gen_batch=2, train_batch=2, gen_iters=1 if quick else 2, train_iters=1,
-                gen_timeout=240, train_timeout=300)
+                gen_timeout=600, train_timeout=900)
 
 
-def generator_jobs(dev, quick):
-    s = _sizes(dev, quick)
-    base = ["--size", s["size"], "--batch", s["gen_batch"], "--iters", s["gen_iters"], "--torch-device", dev["torch"]]
-    return [Job(f"generator/{fw}/{mode}", "bench/generator.py", base + ["--one", f"{fw}:{form}:{mode}"],
-                s["gen_timeout"], priority=0 if mode == "backward" else 2)
-            for mode in ("backward", "forward") for fw, form in (("torch", "grouped"), ("jax", "input_scaling"))]
+def generator_jobs(dev, s, work):
+    weights = os.path.join(work, f"generator-{s['size']}.npz")
+    base = ["--size", s["size"], "--batch", s["gen_batch"], "--iters", s["gen_iters"], "--torch-device", dev["torch"],
+            "--weights", weights]
+    write = Job("generator/weights", "bench/generator.py", ["--size", s["size"], "--write-weights", weights],
+                s["gen_timeout"], priority=-1)
+    return [write] + [Job(f"generator/{fw}/{mode}", "bench/generator.py", base + ["--one", f"{fw}:{form}:{mode}"],
+                          s["gen_timeout"], priority=0 if mode == "backward" else 2, needs=write.label)
+                      for mode in ("backward", "forward") for fw, form in (("torch", "grouped"),
+                                                                            ("jax", "input_scaling"))]
 
 
-def train_jobs(dev, quick):
-    s = _sizes(dev, quick)
+def train_jobs(dev, s, work):
     base = ["--size", s["size"], "--batch", s["train_batch"], "--iters", s["train_iters"],
             "--torch-device", dev["torch"]]
     jobs = [Job("train_step/jax/float32", "bench/train_step.py", base + ["--dtype", "float32", "--one", "jax"],
@@ -66,93 +92,162 @@ def train_jobs(dev, quick):
     return jobs if dev["platform"] != "cpu" else jobs[:2]  # XLA:CPU has no fast bfloat16: nothing to learn there
 
 
-def studio_jobs(dev, quick):
-    """The studio under 1, 4 and 16 clients, batched and not: the 1024 model on an accelerator, 32 px on CPU (its
-    256 px run takes longer than the whole budget there: `bench/studio.py --sizes 256` on its own)."""
+def studio_jobs(dev, s, work):
+    """The Gradio server under 1, 4 and 16 clients, batched and not, where gradio is installed: the 1024 model on an
+    accelerator, 32 px on CPU (its 256 px run takes longer than the whole budget there: `bench/studio.py --sizes 256`
+    on its own). The engine-level `studio/engine` job is the studio engine's to add."""
+    if not dev["gradio"]:
+        return []
     args = ["--quick", "--device"] if dev["platform"] != "cpu" else ["--quick", "--sizes", "32"]
-    return [Job("studio", "bench/studio.py", args, 300, whole=True, priority=4)]
+    return [Job("studio/gradio", "bench/studio.py", args, 300, whole=True, priority=4)]
 
 
-def refine_jobs(dev, quick):
+def refine_jobs(dev, s, work):
     """W+ and PTI refinement steps/s against the PyTorch loops: 1024 px batch 8 on an accelerator (PTI with vmap and
     map), 256 px batch 2 on CPU (map; one timed step; longer than the budget leaves on a shared CPU: run
     `bench/refine.py` on its own there)."""
-    if dev["platform"] != "cpu":
-        args = ["--size", "1024", "--batch", "8", "--iters", "2" if quick else "5", "--torch-device", dev["torch"]]
-        return [Job("refine", "bench/refine.py", args, 480, whole=True, priority=4)]
-    args = ["--size", "256", "--batch", "2", "--iters", "1", "--jax-batchings", "map", "--torch-device", dev["torch"]]
-    return [Job("refine", "bench/refine.py", args, 420, whole=True, priority=4)]
+    args = ["--size", s["size"], "--batch", s["gen_batch"], "--iters", s["train_iters"], "--torch-device", dev["torch"]]
+    if dev["platform"] == "cpu":
+        args += ["--jax-batchings", "map"]
+    return [Job("refine", "bench/refine.py", args, 480 if dev["platform"] != "cpu" else 420, whole=True, priority=4)]
 
 
-# (name, script, jobs(dev, quick)); an entry whose script does not exist (yet) is left out.
+def invert_jobs(dev, s, work):
+    """e4e inversion through the Editor on one device and on every local device (where there is more than one),
+    the PyTorch e4e on one; the generator's size sets the styles, the input is e4e's 256 px (64 px with --tiny)."""
+    base = ["--size", s["size"], "--input-size", 64 if s["size"] < 256 else 256, "--batch", s["gen_batch"],
+            "--iters", s["gen_iters"], "--torch-device", dev["torch"]]
+    ones = ["torch", "jax:1"] + (["jax:all"] if dev["count"] > 1 else [])
+    return [Job(f"invert/{one.replace(':', '/')}", "bench/invert.py", base + ["--one", one], s["gen_timeout"],
+                priority=3) for one in ones]
+
+
+# (name, script, jobs(dev, sizes, work folder)); an entry whose script does not exist (yet) is left out.
 BENCHMARKS = [
     ("generator", "bench/generator.py", generator_jobs),
     ("train_step", "bench/train_step.py", train_jobs),
     ("studio", "bench/studio.py", studio_jobs),
+    ("invert", "bench/invert.py", invert_jobs),
     ("refine", "bench/refine.py", refine_jobs),
 ]
 
-PROBE = r"""
-import json, sys
+# Each probe runs in its own process: one imports JAX, the other PyTorch, never both.
+JAX_PROBE = r"""
+import importlib.metadata as md, json, sys
 sys.path.insert(0, sys.argv[1])
 import common, jax
 d = jax.devices()
+versions = {}
+for name in ("jax", "jaxlib", "flax", "optax", "orbax-checkpoint", "chex", "numpy", "transformers"):
+    try:
+        versions[name] = md.version(name)
+    except md.PackageNotFoundError:
+        versions[name] = None
+print(json.dumps(dict(platform=d[0].platform, kind=str(d[0].device_kind), count=len(d), versions=versions,
+                      python=sys.version.split()[0], hardware=common.hardware())))
+"""
+TORCH_PROBE = r"""
+import json
 try:
     import torch
-    cuda = torch.cuda.is_available()
 except ImportError:
-    cuda = None
-print(json.dumps(dict(platform=d[0].platform, kind=str(d[0].device_kind), count=len(d), torch_cuda=cuda,
-                      hardware=common.hardware())))
+    print(json.dumps(dict(torch_cuda=None)))
+else:
+    cuda = torch.cuda.is_available()
+    print(json.dumps(dict(torch_cuda=cuda, torch=torch.__version__, cuda=torch.version.cuda,
+                          cudnn=torch.backends.cudnn.version() if cuda else None)))
 """
 
 
 def device_name(kind: str) -> str:
-    """'NVIDIA H200' -> 'nvidia-h200', 'cpu' -> 'cpu' (the results file's name)."""
+    """'NVIDIA H200' -> 'nvidia-h200', 'cpu' -> 'cpu' (the results files' name)."""
     return re.sub(r"[^a-z0-9]+", "-", kind.lower()).strip("-") or "unknown"
 
 
-def probe_device() -> dict:
-    """The JAX device, in a child process so that this one holds no accelerator memory while the others run."""
-    out = subprocess.run([sys.executable, "-c", PROBE, HERE], capture_output=True, text=True, timeout=300)
+def _probe(code: str, what: str) -> dict:
+    out = subprocess.run([sys.executable, "-c", code, HERE], capture_output=True, text=True, timeout=300)
     if out.returncode:
-        sys.exit(f"error: could not start JAX: {out.stderr.strip()[-2000:]}")
-    dev = json.loads(out.stdout.strip().splitlines()[-1])
+        sys.exit(f"error: could not start {what}: {out.stderr.strip()[-2000:]}")
+    return json.loads(out.stdout.strip().splitlines()[-1])
+
+
+def probe_device() -> dict:
+    """The JAX device and PyTorch's CUDA, each in a child process (this one holds no accelerator memory while the
+    jobs run, and imports neither framework)."""
+    dev = _probe(JAX_PROBE, "JAX")
+    t = _probe(TORCH_PROBE, "PyTorch")
+    dev["torch_cuda"] = t.pop("torch_cuda")
+    dev["versions"].update(t)
     dev["name"] = device_name(dev["kind"] if dev["platform"] != "cpu" else "cpu")
     dev["torch"] = "cuda" if dev["platform"] == "gpu" and dev["torch_cuda"] else "cpu"
+    dev["gradio"] = all(importlib.util.find_spec(m) is not None for m in ("gradio", "gradio_client"))
     return dev
 
 
-def plan(dev, quick):
+def plan(dev, s, work):
     jobs = []
     for _, script, make in BENCHMARKS:
         if os.path.exists(os.path.join(ROOT, script)):
-            jobs += make(dev, quick)
+            jobs += make(dev, s, work)
     return sorted(jobs, key=lambda j: j.priority)
 
 
-def run_job(job: Job, timeout: float) -> dict:
+def _group():
+    """Popen arguments that put a job in its own process group (so stopping it stops what it started too), within
+    this session (so whoever stops this session's processes stops it as well)."""
+    return dict(process_group=0) if sys.version_info >= (3, 11) else dict(preexec_fn=os.setpgrp)
+
+
+def _stop_group(proc):
+    """SIGKILL the job's process group; its (stdout, stderr) so far."""
+    try:
+        os.killpg(proc.pid, signal.SIGKILL)
+    except ProcessLookupError:  # already gone
+        pass
+    return proc.communicate()
+
+
+def run_job(job: Job, timeout: float, budget_cut: bool, build_only: bool = False, log=None) -> dict:
+    """Run one job; its result dict, or dict(error=...). budget_cut: `timeout` is what is left of the budget."""
     env = dict(os.environ, PYTHONUNBUFFERED="1")
     cmd = [sys.executable, os.path.join(ROOT, job.script)] + [str(a) for a in job.args]
+    if build_only and "--one" in job.args:
+        cmd.append("--build-only")
     with tempfile.TemporaryDirectory() as tmp:
         path = os.path.join(tmp, "out.json")
         if job.whole:
             cmd += ["--json", path]
+        if log:
+            log.write(f"\n$ {' '.join(cmd)}\n")
+            log.flush()
         t0 = time.perf_counter()
+        proc = subprocess.Popen(cmd, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True, env=env, cwd=ROOT,
+                                **_group())
+        stop = None
         try:
-            out = subprocess.run(cmd, capture_output=True, text=True, timeout=timeout, env=env, cwd=ROOT)
+            stdout, stderr = proc.communicate(timeout=timeout)
         except subprocess.TimeoutExpired:
-            return dict(error=f"timed out after {timeout:.0f} s", wall_s=time.perf_counter() - t0)
+            stop = "the budget ended" if budget_cut else "its timeout"
+        except BaseException:  # this run interrupted (SIGTERM, Ctrl-C): stop the job's process group, pass it on
+            _stop_group(proc)
+            raise
+        if stop:
+            stdout, stderr = _stop_group(proc)
+        if log:
+            log.write("".join(stderr.splitlines(True)[-30:]))
+            log.flush()
+        if stop:
+            return dict(error=f"stopped at {stop} after {timeout:.0f} s", wall_s=time.perf_counter() - t0)
         wall = time.perf_counter() - t0
-        if out.returncode:
-            tail = out.stderr.strip().splitlines()[-1] if out.stderr.strip() else f"exit status {out.returncode}"
+        if proc.returncode:
+            tail = stderr.strip().splitlines()[-1] if stderr.strip() else f"exit status {proc.returncode}"
             return dict(error=tail, wall_s=wall)
         try:
             if job.whole:
                 with open(path) as f:
                     result = json.load(f)
             else:
-                result = json.loads(out.stdout.strip().splitlines()[-1])
+                result = json.loads(stdout.strip().splitlines()[-1])
         except (OSError, ValueError, IndexError) as e:
             return dict(error=f"no result: {e}", wall_s=wall)
     result["wall_s"] = wall
@@ -166,7 +261,7 @@ HEADER = ("| benchmark | setting | JAX images/s | PyTorch images/s | JAX / PyTor
 
 
 def _ok(r):
-    return r is not None and "error" not in r
+    return r is not None and "error" not in r and not r.get("build_only")
 
 
 def _why(r, accel):
@@ -174,13 +269,14 @@ def _why(r, accel):
         return "not measured (not run)"
     if "error" in r:
         return f"not measured ({r['error'][:80]})"
+    if r.get("build_only"):
+        return "not measured (build-only run)"
     return None if accel else "not measured (CPU run; the target is for a GPU/TPU)"
 
 
-def rows(results, dev, quick):
+def rows(results, dev, s):
     """One dict per table row: every number and the target's status."""
     accel = dev["platform"] != "cpu"
-    s = _sizes(dev, quick)
     g = lambda k: results.get(k)
     out = []
 
@@ -207,7 +303,8 @@ def rows(results, dev, quick):
         tset = f"{s['size']} px, batch {per}/device x {dev['count']}"
         ratio_row("training step float32", tset, g("train_step/jax/float32"), g("train_step/torch/float32"),
                   TARGETS["train_step"])
-        ratio_row("training step bfloat16", tset + " (PyTorch float32)", g("train_step/jax/bfloat16"),
+        ratio_row("training step bfloat16", tset + " (PyTorch float32)", g("train_step/jax/bfloat16") or
+                  (None if accel else dict(error="not run on CPU: XLA:CPU has no fast bfloat16")),
                   g("train_step/torch/float32"), TARGETS["train_step"])
         for dtype in ("float32", "bfloat16"):
             r = g(f"train_step/jax/{dtype}")
@@ -216,17 +313,58 @@ def rows(results, dev, quick):
             row = dict(benchmark=f"training step memory, {dtype}", setting=tset, jax=None, torch=None, ratio=None,
                        peak=r["peak_bytes"] if _ok(r) else None, target=f"<= {TARGETS['memory_bytes'] / GIB:.0f} GiB")
             if not accel:
-                row["status"] = "not measured (CPU run: process RSS at 256 px, not a 1024 px batch 8 device peak)"
+                row["status"] = (f"not measured (CPU run: process RSS at {s['size']} px, not a 1024 px batch 8 "
+                                 "device peak)")
             else:
                 row["status"] = _why(r, accel) or ("met" if row["peak"] <= TARGETS["memory_bytes"] else "not met")
             out.append(row)
-    for name, script, make in BENCHMARKS[2:]:
-        if name in results:
-            r = results[name]
-            out.append(dict(benchmark=name, setting=" ".join(make(dev, quick)[0].args), jax=None, torch=None,
-                            ratio=None, peak=None, target="-",
-                            status="ran (numbers in the JSON)" if _ok(r) else _why(r, accel)))
+    if any(k.startswith("invert/") for k in results):
+        out += invert_table_rows(results, dev, s)
+    out.append(whole_row(results.get("studio/engine"), "studio engine batching",
+                         "16 clients, batched vs one at a time", TARGETS["studio_batching"], accel,
+                         pending=STUDIO_ENGINE_PENDING))
+    out.append(whole_row(results.get("studio/gradio"), "studio server (Gradio)", "1/4/16 clients, gradio_client",
+                         None, accel, pending=None if dev["gradio"] else "gradio not installed"))
     return out
+
+
+def invert_table_rows(results, dev, s):
+    """e4e inversion: JAX on one device against PyTorch; every local device against one (the scaling, ideal = the
+    device count); the refinement stages' row until they are on main."""
+    one, torch_r, every = (results.get(f"invert/{k}") for k in ("jax/1", "torch", "jax/all"))
+    setting = f"{s['size']} px generator (e4e input 256), batch {s['gen_batch']}/device"
+    row = dict(benchmark="e4e inversion, 1 device", setting=setting, jax=one["images_per_s"] if _ok(one) else None,
+               torch=torch_r["images_per_s"] if _ok(torch_r) else None, peak=one["peak_bytes"] if _ok(one) else None,
+               target="-")
+    row["ratio"] = row["jax"] / row["torch"] if row["jax"] and row["torch"] else None
+    row["status"] = "-" if row["ratio"] else _why(one if not _ok(one) else torch_r, True)
+    n = dev["count"]
+    scale = dict(benchmark=f"e4e inversion, all {n} local devices", setting=setting + " (ratio: vs 1 device)",
+                 jax=every["images_per_s"] if _ok(every) else None, torch=None,
+                 peak=every["peak_bytes"] if _ok(every) else None, target=f"ideal {n}x")
+    scale["ratio"] = scale["jax"] / row["jax"] if scale["jax"] and row["jax"] else None
+    if n == 1:
+        scale["status"] = "not measured (one device: simulated CPU devices share its cores, README)"
+    else:
+        scale["status"] = _why(every, True) if scale["ratio"] is None else f"{scale['ratio'] / n:.0%} of ideal"
+    refine = dict(benchmark="refinement (W+, PTI) images/s", setting="-", jax=None, torch=None, ratio=None,
+                  peak=None, target="-", status="not measured (the refinement stage is not on main yet)")
+    return [row, scale, refine]
+
+
+def whole_row(r, name, setting, target, accel, pending=None):
+    """The row of a whole-script job: the `row` dict of its JSON where it has one, else 'ran'; `pending`: why it
+    was not planned."""
+    row = dict(benchmark=name, setting=setting, jax=None, torch=None, ratio=None, peak=None,
+               target=f">= {target}x" if target else "-")
+    if r is None and pending:
+        return dict(row, status=f"not measured ({pending})")
+    if not _ok(r):
+        return dict(row, status=_why(r, accel))
+    row.update({k: v for k, v in r.get("row", {}).items() if k in ("setting", "jax", "torch", "ratio", "peak")})
+    if row["ratio"] is None or not target:
+        return dict(row, status="ran (numbers in the JSON)" if row["ratio"] is None else "-")
+    return dict(row, status=(_why(r, accel) or ("met" if row["ratio"] >= target else "not met")))
 
 
 def markdown(table_rows):
@@ -239,47 +377,128 @@ def markdown(table_rows):
     return "\n".join(lines)
 
 
+# ---- the run ---------------------------------------------------------------------------------------------------
+
+def write_text_atomic(path, text):
+    def write(tmp):
+        with open(tmp, "w") as f:
+            f.write(text)
+    atomic_write(path, write)
+
+
+class Interrupted(Exception):
+    """SIGTERM (e.g. the device tool's time limit) or Ctrl-C during the run."""
+
+
+def _interrupt(signum, frame):
+    raise Interrupted(signal.Signals(signum).name)
+
+
+def _summary(r):
+    if "error" in r:
+        return r["error"]
+    if "images_per_s" in r:
+        phases = ", ".join(f"{name} {r[k]:.0f} s" for name, k in (("build", "build_s"), ("warm-up/compile", "warmup_s"),
+                                                                  ("timed", "timed_s")) if k in r)
+        return f"{r['images_per_s']:.3f} img/s, peak {r['peak_bytes'] / 2**20:.0f} MiB" + (f" ({phases})" if phases
+                                                                                           else "")
+    return "built" if r.get("build_only") else "done"
+
+
+MIN_START_S = 20  # a job is not started with less of the budget left
+
+
+def run_plan(jobs, deadline, build_only=False, log=None, after=lambda results: None):
+    """Run `jobs` in order until `deadline` (a time.perf_counter() value); returns (results, cut): cut is None, 'the
+    budget' or the signal's name. A job whose `needs` failed, or that would start with under MIN_START_S seconds
+    left, is not run; one still running at the deadline is stopped; SIGTERM/Ctrl-C (Interrupted) stops the job in
+    flight and the rest. after(results) runs after every job (the files are rewritten there)."""
+    results, cut = {}, None
+    try:
+        for j in jobs:
+            left = deadline - time.perf_counter()
+            need = results.get(j.needs) if j.needs else None
+            if j.needs and not (need and "error" not in need):
+                r = dict(error=f"not run: {j.needs} failed")
+            elif left < MIN_START_S:
+                r, cut = dict(error="not run: the budget was spent"), "the budget"
+            elif build_only and j.whole:
+                r = dict(build_only=True)
+            else:
+                timeout = min(j.timeout, left)
+                r = run_job(j, timeout, timeout < j.timeout, build_only, log)
+                if r.get("error", "").startswith("stopped at the budget"):
+                    cut = "the budget"
+            results[j.label] = r
+            wall = f"  [{r['wall_s']:.0f} s]" if "wall_s" in r else ""
+            print(f"  {j.label:28s} {_summary(r)}{wall}", flush=True)
+            after(results)
+    except Interrupted as e:
+        cut = str(e)
+        for j in jobs:
+            results.setdefault(j.label, dict(error=f"{e} ended the run"))
+    return results, cut
+
+
 def main():
     ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     ap.add_argument("--budget", type=float, default=480, help="seconds for everything (default 8 minutes)")
-    ap.add_argument("--quick", action="store_true", help="fewer timed iterations")
-    ap.add_argument("--dry-run", action="store_true", help="print the plan and the table header, run nothing")
-    ap.add_argument("--json", help="results file (default bench/results/<device>.json)")
+    size = ap.add_mutually_exclusive_group()
+    size.add_argument("--quick", action="store_true", help="fewer timed iterations")
+    size.add_argument("--tiny", action="store_true", help="32 px, batch 1, one iteration: a smoke run of every job")
+    mode = ap.add_mutually_exclusive_group()
+    mode.add_argument("--dry-run", action="store_true", help="print the plan and the table header, run nothing")
+    mode.add_argument("--build-only", action="store_true",
+                      help="run every job without timing: networks built, JAX functions traced, nothing compiled")
+    ap.add_argument("--results-dir", default=os.path.join(HERE, "results"),
+                    help="where <device>.json/.md/.log go (default bench/results; device.sh: $OUT)")
     args = ap.parse_args()
     t0 = time.perf_counter()
     dev = probe_device()
-    jobs = plan(dev, args.quick)
-    path = args.json or os.path.join(HERE, "results", f"{dev['name']}.json")
+    s = sizes(dev, args.quick, args.tiny)
+    work = tempfile.mkdtemp(prefix="ffclip-bench-")
+    jobs = plan(dev, s, work)
+    stem = os.path.join(args.results_dir, dev["name"])
+    v = dev["versions"]
     print(f"device: {dev['kind']} ({dev['platform']}, {dev['count']} device(s)), PyTorch on {dev['torch']}; "
-          f"budget {args.budget:.0f} s; results -> {os.path.relpath(path, ROOT)}")
+          f"budget {args.budget:.0f} s; results -> {os.path.relpath(stem, ROOT)}.json/.md/.log")
+    print(f"versions: Python {dev['python']}, " + ", ".join(f"{k} {v[k]}" for k in v if v[k]) +
+          f"; gradio {'installed' if dev['gradio'] else 'not installed'}")
     for j in jobs:
         print(f"  {j.label:28s} {j.script} {' '.join(map(str, j.args))}  (timeout {j.timeout:.0f} s)")
     if args.dry_run:
         print(HEADER)
-        return
-    deadline = t0 + args.budget
-    results = {}
-    for j in jobs:
-        left = deadline - time.perf_counter()
-        if left < 20:
-            results[j.label] = dict(error="time budget spent")
-            print(f"  {j.label:28s} skipped: time budget spent", flush=True)
-            continue
-        r = results[j.label] = run_job(j, min(j.timeout, left))
-        msg = r["error"] if "error" in r else (f"{r['images_per_s']:.3f} img/s, peak {r['peak_bytes'] / 2**20:.0f} MiB"
-                                               if "images_per_s" in r else "done")
-        print(f"  {j.label:28s} {msg}  [{r['wall_s']:.0f} s]", flush=True)
-    table_rows = rows(results, dev, args.quick)
-    table = markdown(table_rows)
-    print(f"\n{dev['kind']}, {dev['hardware'].get('cpus')} CPUs; total {time.perf_counter() - t0:.0f} s\n")
-    print(table)
-    sys.path.insert(0, HERE)
-    import common
+        shutil.rmtree(work, ignore_errors=True)
+        return 0
+    os.makedirs(args.results_dir, exist_ok=True)
 
-    common.write_results(path, dict(device=dev, quick=args.quick, budget_s=args.budget, targets=TARGETS,
-                                    plan=[dataclasses.asdict(j) for j in jobs], results=results, rows=table_rows,
-                                    markdown=table, wall_s=time.perf_counter() - t0))
+    def save(results, cut=None, final=False):
+        table_rows = rows(results, dev, s)
+        table = markdown(table_rows)
+        done = sum(1 for r in results.values() if _ok(r) or r.get("build_only"))
+        head = (f"{dev['kind']}, {dev['hardware'].get('cpus')} CPUs; {done} of {len(jobs)} jobs done in "
+                f"{time.perf_counter() - t0:.0f} s" + (f"; cut short by {cut}" if cut else "")
+                + ("" if final else "; still running"))
+        write_json_atomic(stem + ".json", dict(device=dev, quick=args.quick, tiny=args.tiny, budget_s=args.budget,
+                                               build_only=args.build_only, complete=final and not cut, cut=cut,
+                                               targets=TARGETS, sizes=s, plan=[dataclasses.asdict(j) for j in jobs],
+                                               results=results, rows=table_rows, markdown=table,
+                                               wall_s=time.perf_counter() - t0))
+        write_text_atomic(stem + ".md", f"{head}\n\n{table}\n")
+        return head, table
+
+    old = {sig: signal.signal(sig, _interrupt) for sig in (signal.SIGTERM, signal.SIGINT)}
+    try:
+        with open(stem + ".log", "w") as log:
+            results, cut = run_plan(jobs, t0 + args.budget, args.build_only, log, save)
+    finally:
+        for sig, handler in old.items():
+            signal.signal(sig, handler)
+        shutil.rmtree(work, ignore_errors=True)
+    head, table = save(results, cut, final=True)
+    print(f"\n{head}\n\n{table}\n\nwrote {os.path.relpath(stem, ROOT)}.json/.md/.log")
+    return 0 if cut is None else 1
 
 
 if __name__ == "__main__":
-    main()
+    sys.exit(main())

@@ -5,8 +5,11 @@
 #   bench/device.sh check [DIR]         validate the wheel list; with DIR: one wheel per spec there, and a trial
 #                                       install of DIR's wheels into a temporary folder (nothing downloaded)
 #   bench/device.sh install DIR TARGET  install DIR's wheels, except those already installed at that version, into TARGET
+#   bench/device.sh carry [DIR]         what travels to the device: the working tree plus DIR's wheels (default .whl),
+#                                       against the 64 MiB limit (exit status 1 when over)
 #   bench/device.sh run [ARGS...]       on the device: install ./.whl into ./.devdeps, PYTHONPATH=.:.devdeps,
-#                                       python3 bench/all.py ARGS, copy bench/results/*.json to $OUT
+#                                       python3 bench/all.py --results-dir $OUT ARGS (the table and JSON are written
+#                                       there after every job, so a run cut short still returns what it measured)
 #                                       ($WHL and $DEVDEPS name other folders, $PYTHON another interpreter)
 #   bench/device.sh list | provided     print the wheel specs / the setup.cfg requirements the device image provides
 #
@@ -45,6 +48,8 @@ SDIST_ONLY=(promise)
 PROVIDED=(jax flax optax orbax-checkpoint chex numpy scipy pillow tqdm regex matplotlib absl-py etils protobuf psutil
           pyarrow wrapt six attrs packaging pyyaml requests filelock safetensors fsspec hf-xet typing-extensions
           cloudpickle msgpack)
+
+CARRY_LIMIT_MIB=64  # the device tool's limit on the working tree that travels, carried folders included
 
 PYTHON=${PYTHON:-python3}
 ROOT=$(cd "$(dirname "${BASH_SOURCE[0]}")/.." && pwd)
@@ -117,6 +122,24 @@ check_dir() {
     echo "trial install of $dir ok"
 }
 
+mib() { awk -v b="$1" 'BEGIN { printf "%.1f MiB", b / 1048576 }'; }
+
+# carry DIR: the wheels' and the working tree's bytes (tracked and untracked-not-ignored files: what the device tool
+# sends) against CARRY_LIMIT_MIB.
+carry() {
+    local dir=$1 n=0 wheels=0 tree f
+    for f in "$dir"/*.whl; do
+        [[ -f $f ]] || continue
+        n=$((n + 1)); wheels=$((wheels + $(stat -c %s "$f")))
+    done
+    tree=$(cd "$ROOT" && git ls-files -z --cached --others --exclude-standard |
+           xargs -0 -r stat -c %s 2>/dev/null | awk '{ s += $1 } END { print s + 0 }')
+    local total=$((wheels + tree)) limit=$((CARRY_LIMIT_MIB * 1048576))
+    echo "$n wheels, $(mib $wheels) in $dir; working tree $(mib "$tree"); together $(mib $total) of" \
+         "$CARRY_LIMIT_MIB MiB ($(mib $((limit - total))) left)"
+    [[ $total -le $limit ]] || die "over the ${CARRY_LIMIT_MIB} MiB carry limit"
+}
+
 cmd=${1:-}
 shift || true
 case $cmd in
@@ -135,8 +158,9 @@ download)
         "$PYTHON" -m pip wheel -q --disable-pip-version-check --no-deps -w "$dir" "${sdist[@]}"
     fi
     check_dir "$dir" >/dev/null 2>&1 || check_dir "$dir"
-    echo "$(find "$dir" -maxdepth 1 -name '*.whl' | wc -l) wheels, $(du -ch "$dir"/*.whl | tail -1 | cut -f1) in $dir"
+    carry "$dir"
     ;;
+carry) carry "${1:-$ROOT/.whl}" ;;
 check)
     validate
     if [[ $# -ge 1 ]]; then check_dir "$1"; fi
@@ -151,12 +175,7 @@ run)
     [[ -d $whl ]] || die "no $whl folder: run 'bench/device.sh download .whl' here and carry .whl"
     install_wheels "$whl" "$devdeps"
     export PYTHONPATH=$ROOT:$devdeps${PYTHONPATH:+:$PYTHONPATH} PYTHONUNBUFFERED=1
-    status=0
-    "$PYTHON" bench/all.py "$@" || status=$?
-    if [[ -n ${OUT:-} ]]; then
-        cp bench/results/*.json "$OUT"/ 2>/dev/null || echo "device.sh: no results to copy" >&2
-    fi
-    exit $status
+    exec "$PYTHON" bench/all.py --results-dir "${OUT:-$ROOT/bench/results}" "$@"
     ;;
-*) sed -n '2,14p' "${BASH_SOURCE[0]}"; [[ -z $cmd ]] || exit 2 ;;
+*) awk 'NR > 1 && /^#/ { print; next } NR > 1 { exit }' "${BASH_SOURCE[0]}"; [[ -z $cmd ]] || exit 2 ;;
 esac

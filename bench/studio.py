@@ -1,14 +1,15 @@
 """Studio server throughput: requests/s and p50/p95 latency of the /edit endpoint for 1, 4 and 16 concurrent
 gradio_client users, with and without batching, and the time per frame of a slider re-render (generator only).
 
-    python bench/studio.py --quick                 # CPU: tiny weights (32 px) and a full-width 256 px generator
+    python bench/studio.py --quick                 # CPU: full-width 32 px and 256 px generators
     python bench/studio.py --size 1024 --device    # on an accelerator: the 1024 model (random weights)
 
 Each setting starts a real `ffclip studio` server (`--no-batching` for the unbatched rows) on random
-weights built here (the tiny default's networks, or a full-width StyleGAN2 of --size with a 4-block mapper and a
-512-d CLIP), sends random-sample edits (no upload; scores off) and writes bench/results/studio-<device>.json.
+weights built here (a full-width StyleGAN2 of each size with a 4-block mapper and a 512-d CLIP), sends random-sample
+edits (no upload; scores off) and writes bench/results/studio-<device>.json. Needs gradio (the `studio` extra).
 """
 import argparse
+import importlib.util
 import os
 import socket
 import subprocess
@@ -20,16 +21,12 @@ import urllib.request
 
 import numpy as np
 
-import common  # noqa: F401  (sys.path: the repo root and tests/)
+import common  # noqa: F401  (sys.path: the repo root)
 
 
 def build_weights(directory: str, size: int) -> str:
-    """Random weights of a `size` px generator: the tiny default's networks at 32, else full width (style_dim 512,
-    channel_multiplier 2, n_mlp 8) with a 4-block mapper and a small CLIP projecting to 512."""
-    if size == 32:
-        from test_studio import build_weights as tiny_weights
-
-        return tiny_weights(directory)
+    """Random weights of a full-width `size` px generator (style_dim 512, channel_multiplier 2, n_mlp 8) with a
+    4-block mapper and a small CLIP projecting to 512."""
     import jax
     import jax.numpy as jnp
 
@@ -66,7 +63,8 @@ def free_port() -> int:
 
 def start_server(weights: str, batching: bool, batch_size: int, cache: str, log_path: str):
     port = free_port()
-    env = dict(os.environ, GRADIO_ANALYTICS_ENABLED="False", PYTHONPATH=common.ROOT, PYTHONUNBUFFERED="1")
+    path = os.pathsep.join([common.ROOT] + ([os.environ["PYTHONPATH"]] if os.environ.get("PYTHONPATH") else []))
+    env = dict(os.environ, GRADIO_ANALYTICS_ENABLED="False", PYTHONPATH=path, PYTHONUNBUFFERED="1")
     cmd = [sys.executable, "-m", "ffclip_jax", "studio", "--weights", weights, "--port", str(port), "--batch-size",
            str(batch_size), "--cache-dir", cache] + ([] if batching else ["--no-batching"])
     log = open(log_path, "w")
@@ -136,6 +134,9 @@ def main():
     p.add_argument("--batch-size", type=int, default=8)
     p.add_argument("--json", default=None, help="results file (default bench/results/studio-<device>.json)")
     args = p.parse_args()
+    if importlib.util.find_spec("gradio") is None or importlib.util.find_spec("gradio_client") is None:
+        sys.exit("error: bench/studio.py needs gradio and gradio_client (pip install 'ffclip-jax[studio]')")
+    common.isolate("jax")
     if not args.device:
         os.environ["JAX_PLATFORMS"] = "cpu"
     sizes = [int(s) for s in (args.sizes or ("1024" if args.device else "32,256")).split(",")]

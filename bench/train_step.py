@@ -1,13 +1,15 @@
 """Benchmark: one full FFCLIP training step (render w without grad, mapper, render w_hat, ID + CLIP + latent-L1 +
 background + embedding losses, backward, clip + Adam), JAX (`ffclip_jax.train.step.train_step`, jitted) against a
-PyTorch pipeline from tests/torch_ref with upstream's exact operations (the literal nn.Upsample(x7) + AvgPool2d before
+PyTorch pipeline from torch_ref with upstream's exact operations (the literal nn.Upsample(x7) + AvgPool2d before
 CLIP, AdaptiveAvgPool2d for ID and parsing), same sizes, random weights (ViT-B/32, IR-SE50, UNet/4, 4-block mapper).
 
     python bench/train_step.py --size 256 --batch 2 [--iters 3] [--json bench/results/train_step.json]
     python bench/train_step.py --memory-only --size 1024 --batch 8 [--remat]   # XLA's memory plan, nothing run
 
-Each framework runs in its own subprocess so its peak memory is its own: on GPU/TPU the device's peak bytes, on CPU
-the process's peak RSS. Prints a table with images/s and JAX / PyTorch; writes JSON. `--memory-only` compiles the
+Each framework runs in its own subprocess (no process imports both; each initialises its own random weights of the
+same shapes: timing does not depend on their values) so its peak memory is its own: on GPU/TPU the device's peak
+bytes, on CPU the process's peak RSS. `--build-only` builds the networks and inputs (JAX: shapes only) and traces the
+JAX step, timing nothing. Prints a table with images/s and JAX / PyTorch; writes JSON. `--memory-only` compiles the
 JAX step for abstract inputs (no weights allocated) and prints the compiled program's memory plan on this backend
 (arguments + outputs + temporaries - donated aliases): how the ffhq step at batch 8 per device is checked against a
 16 GB device from a machine without one.
@@ -16,22 +18,23 @@ import argparse
 import json
 import os
 import sys
+import time
 
 import common
 
 WEIGHTS = dict(id=0.9, clip=1.0, latent=1.6, background=2.0, embedding=1.0)  # upstream FFHQ
 
 
-def run_torch(size, batch, iters, device):
+def run_torch(size, batch, iters, device, build_only=False):
+    common.isolate("torch")
     import torch
     import torch.nn.functional as F
-    from ffclip_jax.models.stylegan2 import n_latent as latents_of_size
     from torch_ref import clip as tclip, irse, mapper as tmapper, parsenet, stylegan2
 
     dev = torch.device(device)
     torch.manual_seed(0)
-    n_latent = latents_of_size(size)
     gen = stylegan2.Generator(size, 512, 8, channel_multiplier=2).to(dev).eval()
+    n_latent = gen.n_latent
     clip = tclip.CLIP(**tclip.VIT_B_32).to(dev).eval()
     arcface = irse.Backbone(112, 50, "ir_se").to(dev).eval()
     parse = parsenet.build(4).to(dev).eval()
@@ -75,10 +78,7 @@ def run_torch(size, batch, iters, device):
         opt.step()
         return loss
 
-    if dev.type == "cuda":
-        torch.cuda.reset_peak_memory_stats()
-    dt = common.time_iters(step, iters, lambda _: torch.cuda.synchronize() if dev.type == "cuda" else None)
-    return dt, common.torch_peak_bytes(dev)
+    return None if build_only else common.time_torch(step, iters, dev)
 
 
 def build_jax(size, batch, remat=False, dtype="float32", abstract=False):
@@ -90,7 +90,7 @@ def build_jax(size, batch, remat=False, dtype="float32", abstract=False):
 
     from ffclip_jax.models import clip as clip_lib
     from configs import default as default_config
-    from ffclip_jax import train as tl
+    from ffclip_jax import tiny, train as tl
     from ffclip_jax.models.arcface import Backbone
     from ffclip_jax.models.mapper import DynamicMapper
     from ffclip_jax.models.parsenet import UNet
@@ -106,12 +106,11 @@ def build_jax(size, batch, remat=False, dtype="float32", abstract=False):
              "arcface": lambda: arcface.init(key, jnp.zeros((1, 112, 112, 3))),
              "parsenet": lambda: parse.init(key, jnp.zeros((1, 32, 32, 3))),
              "prompts": lambda: jax.random.normal(key, (53, 512))}
-    if abstract:
-        frozen = {k: jax.eval_shape(f) for k, f in inits.items()}
-        frozen["clip"] = clip_lib.expected_shapes(clip_config)
-    else:
-        frozen = {k: jax.jit(f)() for k, f in inits.items()}
-        frozen["clip"] = clip_lib.init_random(clip_config)[1]
+    frozen = {k: jax.eval_shape(f) for k, f in inits.items()}
+    frozen["clip"] = clip_lib.expected_shapes(clip_config)
+    if not abstract:  # random values of those shapes filled in numpy: no init function is compiled (minutes on CPU)
+        rng = np.random.RandomState(0)
+        frozen = jax.tree_util.tree_map_with_path(lambda p, leaf: tiny._random_like(p, leaf, rng), frozen)
     clip_module = clip_lib.build(clip_config)
     nets = tl.Networks(generator=gen, mapper=mapper, clip=clip_module, arcface=arcface, parsenet=parse)
     opts = tl.StepOptions(tuple(sorted(WEIGHTS.items())), dtype, "const", 1)
@@ -136,17 +135,22 @@ def build_jax(size, batch, remat=False, dtype="float32", abstract=False):
     return step, jax.device_put(state, ss), jax.device_put(frozen, fs), jax.device_put(batch_np, bs)
 
 
-def run_jax(size, batch, iters, remat=False, dtype="float32"):
+def run_jax(size, batch, iters, remat=False, dtype="float32", build_only=False):
+    common.isolate("jax")
     import jax
 
+    if build_only:
+        step, state, frozen, b = build_jax(size, batch, remat, dtype, abstract=True)
+        step.lower(state, frozen, b)  # traces every Python path; compiles and runs nothing
+        return None
     step, state, frozen, b = build_jax(size, batch, remat, dtype)
     holder = {"state": state}
 
     def one():
         holder["state"], metrics = step(holder["state"], frozen, b)
         return metrics
-    dt = common.time_iters(one, iters, jax.block_until_ready)
-    return dt, common.jax_peak_bytes()
+    times = common.time_iters(one, iters, jax.block_until_ready)
+    return times, common.jax_peak_bytes()
 
 
 def memory_plan(size, batch, remat=False, dtype="float32"):
@@ -168,6 +172,7 @@ def main():
     ap.add_argument("--dtype", default="float32", choices=["float32", "bfloat16"], help="JAX compute dtype")
     ap.add_argument("--frameworks", default="jax,torch")
     ap.add_argument("--torch-device", default=common.default_torch_device())
+    ap.add_argument("--build-only", action="store_true", help=argparse.SUPPRESS)  # with --one: build, trace, no timing
     ap.add_argument("--memory-only", action="store_true",
                     help="JAX only: compile for abstract inputs and print the memory plan (nothing is run)")
     ap.add_argument("--json", default=os.path.join(common.ROOT, "bench", "results", "train_step.json"))
@@ -176,6 +181,7 @@ def main():
     common_args = ["--size", args.size, "--batch", args.batch, "--iters", args.iters, "--dtype", args.dtype,
                    "--torch-device", args.torch_device] + (["--remat"] if args.remat else [])
     if args.memory_only:
+        common.isolate("jax")
         import jax
 
         plan = memory_plan(args.size, args.batch, args.remat, args.dtype)
@@ -187,12 +193,13 @@ def main():
         common.write_results(args.json, dict(memory_plan=plan, hardware=common.hardware(), args=vars(args)))
         return
     if args.one:
+        t0 = time.perf_counter()
         if args.one == "torch":
-            dt, peak = run_torch(args.size, args.batch, args.iters, args.torch_device)
+            out = run_torch(args.size, args.batch, args.iters, args.torch_device, args.build_only)
         else:
-            dt, peak = run_jax(args.size, args.batch, args.iters, args.remat, args.dtype)
-        print(json.dumps(dict(framework=args.one, size=args.size, batch=args.batch, iters=args.iters,
-                              images_per_s=args.batch * args.iters / dt, peak_bytes=peak)))
+            out = run_jax(args.size, args.batch, args.iters, args.remat, args.dtype, args.build_only)
+        print(json.dumps(common.measurement(out, t0, args.batch, args.iters, framework=args.one, size=args.size,
+                                            dtype=args.dtype)))
         return
     try:
         results = [common.run_child(__file__, ["--one", fw] + common_args) for fw in args.frameworks.split(",")]

@@ -22,9 +22,13 @@ class InputError(FFCLIPError):
 
 
 def run_cli(main, argv=None) -> int:
-    """Run `main(argv)`, turning an FFCLIPError into a one-line message on stderr and exit status 2."""
+    """Run `main(argv)` with logs at WARNING and the misleading third-party messages silenced (`logs.quiet`),
+    turning an FFCLIPError into a one-line message on stderr and exit status 2."""
     import sys
 
+    from ffclip_jax import logs
+
+    logs.quiet()
     try:
         rc = main(argv)
     except FFCLIPError as e:

@@ -1,24 +1,38 @@
 """Atomic file writes: every output a user looks at is written to a temporary sibling, then renamed into place, so
-an interrupted run never leaves a half-written file; whole directories likewise (`atomic_output_dir`)."""
+an interrupted run never leaves a half-written file; whole directories likewise (`atomic_output_dir`). The temporaries are created with the modes any program's files
+get (0666 / 0777 less the umask: 0644 / 0755 under umask 022), not tempfile's private 0600 / 0700."""
 from __future__ import annotations
 
 import contextlib
 import json
 import os
+import secrets
 import shutil
-import tempfile
 from typing import Callable, Iterator
 
 from ffclip_jax.errors import CheckpointError
 
 
+def temp_sibling(path: str, directory: bool = False, suffix: str = "") -> str:
+    """Create a new empty file (or directory) next to `path`, named `.<name>.tmp-<random><suffix>`, with the umask's
+    mode; returns its path."""
+    parent, name = os.path.split(os.path.abspath(path))
+    while True:
+        tmp = os.path.join(parent, f".{name}.tmp-{secrets.token_hex(4)}{suffix}")
+        try:
+            if directory:
+                os.mkdir(tmp, 0o777)
+            else:
+                os.close(os.open(tmp, os.O_WRONLY | os.O_CREAT | os.O_EXCL, 0o666))
+            return tmp
+        except FileExistsError:
+            continue
+
+
 def atomic_write(path: str, write: Callable[[str], None]) -> None:
     """write(tmp) into a temporary sibling of `path` (same extension), then rename it over `path`."""
-    directory = os.path.dirname(os.path.abspath(path))
-    os.makedirs(directory, exist_ok=True)
-    fd, tmp = tempfile.mkstemp(prefix=f".{os.path.basename(path)}.tmp-", dir=directory,
-                               suffix=os.path.splitext(path)[1])
-    os.close(fd)
+    os.makedirs(os.path.dirname(os.path.abspath(path)), exist_ok=True)
+    tmp = temp_sibling(path, suffix=os.path.splitext(path)[1])
     try:
         write(tmp)
         os.replace(tmp, path)
@@ -44,8 +58,7 @@ def atomic_output_dir(directory: str, overwrite: bool = False) -> Iterator[str]:
         raise CheckpointError(f"{directory}: already exists (pass --force to replace it)")
     parent = os.path.dirname(directory)
     os.makedirs(parent, exist_ok=True)
-    tmp = tempfile.mkdtemp(prefix=f".{os.path.basename(directory)}.tmp-", dir=parent)
-    os.chmod(tmp, 0o755)
+    tmp = temp_sibling(directory, directory=True)  # 0777 less the umask, as the directory itself would be
     try:
         yield tmp
     except BaseException:
@@ -53,7 +66,7 @@ def atomic_output_dir(directory: str, overwrite: bool = False) -> Iterator[str]:
         raise
     old = None
     if os.path.exists(directory):
-        old = tempfile.mkdtemp(prefix=f".{os.path.basename(directory)}.old-", dir=parent)
+        old = temp_sibling(directory, directory=True)
         os.rmdir(old)
         os.rename(directory, old)
     os.rename(tmp, directory)

@@ -13,7 +13,8 @@ Images are NHWC in the generator's range and are first clipped to [-1, 1] (what 
 argument is a `(module, variables)` pair as `pretrained.load` returns.
 
 `evaluate` runs every (latent, prompt) through the Editor's row runners (mapper, generator) and, in the same fixed-size
-batches (`batching.in_batches`), the jitted `image_features` (one compilation serves sources and edits) and `compare`.
+batches on the same devices (`Editor.run` -> `batching.in_batches`), the jitted `image_features` (one compilation
+serves sources and edits) and `compare`.
 `metric_networks` loads the scoring networks of a weights directory for a domain (faces, or other domains).
 """
 from __future__ import annotations
@@ -29,7 +30,6 @@ from PIL import Image
 from tqdm.auto import tqdm
 
 from ffclip_jax import losses
-from ffclip_jax.batching import in_batches
 from ffclip_jax.errors import CheckpointError, InputError
 from ffclip_jax.models.clip import encode_image
 from ffclip_jax.nn import image_ops
@@ -246,14 +246,15 @@ def evaluate(editor, nets: MetricNetworks, variables: Mapping[str, Any], latents
              part_embeddings: Optional[Sequence[np.ndarray]] = None, progress: bool = True) -> Dict[str, np.ndarray]:
     """Every metric of every (prompt, latent): {name: (P, N) float64}.
 
-    editor: an `ffclip_jax.pipeline.Editor` (its `map_rows` and `render_rows`); nets/variables: the scoring
-    networks. latents (N, L, D); text_embeddings (P, E) unnormalised `encode_text`. part_embeddings[p] (K_p, E)
+    editor: an `ffclip_jax.pipeline.Editor` (its `map_rows`, `render_rows`, and its devices for the scores: the
+    variables are placed on them, every batch split over them); nets/variables: the scoring networks.
+    latents (N, L, D); text_embeddings (P, E) unnormalised `encode_text`. part_embeddings[p] (K_p, E)
     (compositions) adds `clip_score_parts` (P, N, K), NaN padded: the edit's CLIP score with each part.
     Latents go in chunks of the editor's batch size (images never pile up), every piece in its fixed-size batches,
     so each compiles once: the mapper, the generator (sources and edits), the scoring networks and the comparison."""
     latents = np.asarray(latents, np.float32)
     n, p, batch = len(latents), len(text_embeddings), editor.batch_size
-    features = functools.partial(_features_fn, variables, nets=nets)
+    features = functools.partial(_features_fn, editor.place(variables), nets=nets)
     names = metric_names(nets.face)
     results = {k: np.full((p, n), np.nan) for k in names}
     k_parts = max((len(e) for e in part_embeddings or []), default=0)
@@ -265,13 +266,13 @@ def evaluate(editor, nets: MetricNetworks, variables: Mapping[str, Any], latents
             w = latents[start:start + batch]
             m = len(w)
             x = editor.render_rows(w)
-            source = in_batches(features, [x], batch)
+            source = editor.run(features, [x])
             for i in range(p):
                 e = np.broadcast_to(np.asarray(text_embeddings[i], np.float32), (m, text_embeddings.shape[-1]))
                 w_hat = editor.map_rows(w, e, strength)
                 x_hat = editor.render_rows(w_hat)
-                edited = in_batches(features, [x_hat], batch)
-                out = in_batches(_compare_fn, [source, edited, x, x_hat, w, w_hat, e], batch)
+                edited = editor.run(features, [x_hat])
+                out = editor.run(_compare_fn, [source, edited, x, x_hat, w, w_hat, e])
                 for k in names:
                     results[k][i, start:start + m] = out[k]
                 if k_parts and len(units[i]):

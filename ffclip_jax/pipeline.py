@@ -12,6 +12,12 @@ None: e4e's codes are used as they are), `map_rows` (w + strength * mapper delta
 `sample_rows` (random w+). Every row runner runs fixed-size batches of `batch_size` rows (`batching.in_batches`),
 so each network compiles once whatever the number of rows, and every one calls the device through `Editor._run`
 (-> `batching.in_batches`, where the metrics and CLIP's text encoder call it too).
+
+Devices: `devices=N` (or 'all'; default every local device on an accelerator, one on CPU: `sharding.tool_devices`)
+splits every batch over a `data` mesh of this process's first N devices, the networks replicated on each (or with
+frozen='fsdp' their large arrays split, the `sharding.frozen` rule of training). The default batch is DEFAULT_BATCH
+rows per device; a given batch size is rounded up to a multiple of the devices. A row's result does not depend on
+the device count: N devices at b rows each compute bit for bit what one device computes at batch b.
 `map_latents` and `render` are the jitted networks themselves (any batch) for use inside user code. Every tool (edit,
 invert, evaluate, the studio) is a client of this class; `align` the tool needs no networks (`ffclip_jax.align`).
 """
@@ -29,15 +35,16 @@ from tqdm import tqdm
 
 from ffclip_jax import inputs
 from ffclip_jax.align import align_for_encoder, load_predictor
-from ffclip_jax.batching import bucket, in_batches, jit_apply
+from ffclip_jax.batching import bucket, in_batches, jit_apply, round_up
 from ffclip_jax.errors import CheckpointError, InputError
 from ffclip_jax.models.stylegan2 import Generator
 from ffclip_jax.nn.image_ops import adaptive_avg_pool2d
+from ffclip_jax.sharding import FSDP_MIN_SIZE, frozen_sharding, make_mesh, put, tool_devices
 from ffclip_jax.text.embeddings import prompt_embeddings
 from ffclip_jax.weights import pretrained
 from ffclip_jax.weights.manifest import WeightsDir, resolve
 
-DEFAULT_BATCH = 8
+DEFAULT_BATCH = 8  # rows per device of one device call
 EDIT_NETWORKS = ("mapper", "generator", "clip", "e4e")  # what `from_pretrained` loads when the directory has it
 Network = Tuple[Any, Any]  # (flax module, variables), what `pretrained.load` returns
 # the refinement slot: (encoder inputs (B, H, W, 3) in [-1, 1], e4e codes (B, L, D)) -> refined codes (B, L, D)
@@ -94,6 +101,13 @@ def encoder_view(images: np.ndarray, size: Tuple[int, int]) -> np.ndarray:
     return np.asarray(adaptive_avg_pool2d(images[:, top:top + crop], (h, w)))
 
 
+def none_readable(count: int, skipped: Sequence[Tuple[Any, str]], face: bool) -> InputError:
+    """The error of a run that kept none of its `count` photos, with the first reasons."""
+    what = "an image with a face" if face else "an image"
+    reasons = "; ".join(reason for _, reason in skipped[:3]) + (" ..." if len(skipped) > 3 else "")
+    return InputError(f"none of the {count} files could be read as {what} ({reasons})")
+
+
 def _predictor(align):
     """A dlib shape predictor from a file path, or `align` as it is (a loaded predictor or None)."""
     return load_predictor(os.fspath(align)) if isinstance(align, (str, os.PathLike)) else align
@@ -105,17 +119,27 @@ class Editor:
     mapper, generator, clip, encoder: (module, variables) pairs, each optional (a method that needs a missing one
     says so in one line); clip_dir: the converted CLIP directory (key of the on-disk text-embedding cache);
     align: a dlib 68-point predictor file (or a loaded one) to FFHQ-align photos first; refiner: the refinement
-    stage (`Refiner`)."""
+    stage (`Refiner`); devices: how many of this process's devices every batch is split over (an int, 'all', or
+    None: `sharding.tool_devices`); batch_size: rows per device call (None: DEFAULT_BATCH per device; rounded up to
+    a multiple of the devices); frozen: 'replicate' or 'fsdp', how the networks' variables lie on the devices (fsdp:
+    arrays of at least fsdp_min_size elements split, `sharding.frozen_sharding`)."""
 
     def __init__(self, mapper: Optional[Network] = None, generator: Optional[Network] = None, *,
                  clip: Optional[Network] = None, encoder: Optional[Network] = None, clip_dir: Optional[str] = None,
-                 weights: Optional[WeightsDir] = None, batch_size: int = DEFAULT_BATCH,
-                 cache_dir: Optional[str] = None, align=None, refiner: Optional[Refiner] = None):
-        if batch_size < 1:
+                 weights: Optional[WeightsDir] = None, batch_size: Optional[int] = None,
+                 cache_dir: Optional[str] = None, align=None, refiner: Optional[Refiner] = None,
+                 devices: Union[int, str, None] = None, frozen: str = "replicate",
+                 fsdp_min_size: int = FSDP_MIN_SIZE):
+        if batch_size is not None and batch_size < 1:
             raise InputError(f"batch size must be >= 1, got {batch_size}")
-        self.mapper, self.generator, self.clip, self.encoder = mapper, generator, clip, encoder
+        self.mesh = make_mesh(tool_devices(devices))
+        self.frozen, self.fsdp_min_size = frozen, fsdp_min_size
+        frozen_sharding(self.mesh, {}, frozen)  # a bad rule fails here, before any network is placed
+        self.mapper, self.generator, self.clip, self.encoder = (self._placed(net)
+                                                                for net in (mapper, generator, clip, encoder))
         self.clip_dir, self.weights, self.cache_dir = clip_dir, weights, cache_dir
-        self.batch_size = batch_size
+        n = self.mesh.size
+        self.batch_size = DEFAULT_BATCH * n if batch_size is None else round_up(batch_size, n)
         self.predictor = _predictor(align)
         self.refiner = refiner
         self._embeddings: Dict[str, np.ndarray] = {}
@@ -123,17 +147,20 @@ class Editor:
 
     @classmethod
     def from_pretrained(cls, directory: str, *, e4e: Optional[str] = None, clip: Optional[str] = None,
-                        generator: Optional[str] = None, align=None, batch_size: int = DEFAULT_BATCH,
-                        cache_dir: Optional[str] = None, networks: Sequence[str] = EDIT_NETWORKS) -> "Editor":
+                        generator: Optional[str] = None, align=None, batch_size: Optional[int] = None,
+                        cache_dir: Optional[str] = None, networks: Sequence[str] = EDIT_NETWORKS,
+                        devices: Union[int, str, None] = None, frozen: str = "replicate") -> "Editor":
         """The mapper, generator, CLIP and e4e a weights directory has (`ffclip convert all` output, trainer export
         or workdir, a converted ffclip or e4e directory), or only those of `networks`; e4e/clip/generator name other
-        converted directories to use instead; align: a predictor file (read before any network is loaded)."""
+        converted directories to use instead; align: a predictor file (read before any network is loaded);
+        devices, frozen: see the class."""
         weights = resolve(directory).with_overrides(e4e=e4e, clip=clip, generator=generator)
+        tool_devices(devices)  # a bad count fails before any network is loaded
         predictor = _predictor(align)
         nets = {name: pretrained.load(weights.path(name)) for name in networks if weights.has(name)}
         return cls(nets.get("mapper"), nets.get("generator"), clip=nets.get("clip"), encoder=nets.get("e4e"),
                    clip_dir=weights.networks.get("clip"), weights=weights, batch_size=batch_size,
-                   cache_dir=cache_dir, align=predictor)
+                   cache_dir=cache_dir, align=predictor, devices=devices, frozen=frozen)
 
     def _need(self, network: str, needed_for: str) -> Network:
         net = {"mapper": self.mapper, "generator": self.generator, "CLIP model": self.clip,
@@ -167,13 +194,33 @@ class Editor:
         """(H, W) of the encoder's input photos."""
         return tuple(self._need("e4e encoder", "photos")[0].input_size)
 
-    # ---- the one place the row runners call the device ---------------------------------------------------------
+    # ---- devices, and the one place the row runners call them ---------------------------------------------------
+
+    @property
+    def devices(self) -> List[Any]:
+        """The devices every batch is split over."""
+        return list(self.mesh.devices.flat)
+
+    def place(self, variables):
+        """Variables (a pytree) on the Editor's devices by its `frozen` rule (arrays placed so already are kept);
+        unchanged on one device."""
+        if self.mesh.size == 1:
+            return variables
+        return jax.tree.map(lambda a, s: a if isinstance(a, jax.Array) and a.sharding == s else put(a, s),
+                            variables, frozen_sharding(self.mesh, variables, self.frozen, self.fsdp_min_size))
+
+    def _placed(self, network: Optional[Network]) -> Optional[Network]:
+        return None if network is None else (network[0], self.place(network[1]))
+
+    def run(self, fn: Callable, arrays: Sequence, batch: Optional[int] = None, progress=None):
+        """fn(*rows) over rows in fixed-size batches split over the Editor's devices (`batching.in_batches`);
+        whatever fn closes over should be `place`d."""
+        return in_batches(fn, arrays, batch or self.batch_size, progress, mesh=self.mesh)
 
     def _run(self, network: Network, arrays: Sequence, batch: Optional[int] = None, progress=None, **static):
-        """network.apply(variables, *rows, **static) jitted, over rows in fixed-size batches (`in_batches`)."""
+        """network.apply(variables, *rows, **static) jitted, over rows in fixed-size batches (`run`)."""
         module, variables = network
-        fn = functools.partial(jit_apply(module, **static), variables)
-        return in_batches(fn, arrays, batch or self.batch_size, progress)
+        return self.run(functools.partial(jit_apply(module, **static), variables), arrays, batch, progress)
 
     # ---- jittable pieces ------------------------------------------------------------------------------------
 
@@ -246,12 +293,23 @@ class Editor:
 
     # ---- photos to w+ ------------------------------------------------------------------------------------------
 
+    def _prepare(self, image, name: str, resize: bool, align: bool) -> np.ndarray:
+        """One photo as the encoder takes it: aligned (with a predictor, unless align=False; no face is an
+        InputError), `encoder_input` -> (H, W, 3) float32 in [-1, 1]."""
+        size = self.input_size
+        if align and self.predictor is not None:
+            aligned, _ = align_for_encoder([inputs.to_rgb(image, name)], self.predictor, size)
+            if not aligned:
+                raise InputError(f"{name}: no face found")
+            image = aligned[0]
+        return encoder_input(image, size, resize, name)
+
     def _encode(self, items: Iterable[Tuple[Any, Callable[[], Any], str]], *, skip: bool, resize: bool,
-                keep_inputs: int, progress: bool, total: int, align: bool = True) -> Encoded:
+                keep_inputs: int, progress, total: int, align: bool = True) -> Encoded:
         """The chain up to w+ over (source, read, name) items (read() -> an image), streamed in batches: read,
         align (with a predictor, unless align=False), preprocess, e4e, refine (with a refiner). skip: an
-        unreadable or faceless photo is skipped and listed (else its InputError propagates)."""
-        size = self.input_size
+        unreadable or faceless photo is skipped and listed (else its InputError propagates). progress: True (a
+        bar of its own), False, or a tqdm bar to advance by one per photo."""
         codes, sources, skipped, kept, batch = [], [], [], [], []
 
         def flush():
@@ -260,19 +318,16 @@ class Editor:
             codes.append(self.refiner(x, w) if self.refiner is not None else w)
             batch.clear()
 
-        for source, read, name in tqdm(items, total=total, desc="inverting", unit="img", disable=not progress):
+        own = not hasattr(progress, "update")
+        bar = tqdm(total=total, desc="inverting", unit="img", disable=not progress) if own else progress
+        for source, read, name in items:
             try:
-                image = read()
-                if align and self.predictor is not None:
-                    aligned, _ = align_for_encoder([inputs.to_rgb(image, name)], self.predictor, size)
-                    if not aligned:
-                        raise InputError(f"{name}: no face found")
-                    image = aligned[0]
-                x = encoder_input(image, size, resize, name)
+                x = self._prepare(read(), name, resize, align)
             except InputError as e:
                 if not skip:
                     raise
                 skipped.append((source, str(e)))
+                bar.update(1)
                 continue
             sources.append(source)
             if len(kept) < keep_inputs:
@@ -280,10 +335,13 @@ class Editor:
             batch.append(x)
             if len(batch) == self.batch_size:
                 flush()
+            bar.update(1)
         if batch:
             flush()
+        if own:
+            bar.close()
         w = np.concatenate(codes) if codes else np.zeros((0,) + self.latent_shape, np.float32)
-        return Encoded(w, sources, skipped, np.asarray(kept, np.float32).reshape((-1,) + size + (3,)))
+        return Encoded(w, sources, skipped, np.asarray(kept, np.float32).reshape((-1,) + self.input_size + (3,)))
 
     def invert(self, images: Iterable, *, align: bool = True, resize: bool = True,
                progress: bool = False) -> np.ndarray:
@@ -298,19 +356,22 @@ class Editor:
                             total=len(images), align=align).w
 
     def encode_files(self, files: Sequence[str], *, resize: bool = True, keep_inputs: int = 0,
-                     progress: bool = True) -> Encoded:
+                     progress=True, allow_none: bool = False, sources: Optional[Sequence] = None) -> Encoded:
         """Image files through the chain up to w+ (`inputs.read_image`: EXIF orientation applied), streamed;
-        unreadable photos and, with a predictor, photos without a face are skipped and listed; the first
-        `keep_inputs` encoder inputs are kept (grids)."""
-        items = ((f, functools.partial(inputs.read_image, f), f) for f in files)
+        unreadable photos and, with a predictor, photos without a face are skipped and listed (none kept is an
+        error unless allow_none); the first `keep_inputs` encoder inputs are kept (grids); progress: as `_encode`;
+        sources: what `Encoded.sources` and `skipped` call each file (default: the files)."""
+        items = ((s, functools.partial(inputs.read_image, f), f) for s, f in zip(sources or files, files))
         enc = self._encode(items, skip=True, resize=resize, keep_inputs=keep_inputs, progress=progress,
                            total=len(files))
-        if not enc.sources:
-            what = "an image with a face" if self.predictor is not None else "an image"
-            reasons = "; ".join(reason for _, reason in enc.skipped[:3])
-            raise InputError(f"none of the {len(files)} files could be read as {what} ({reasons}"
-                             f"{' ...' if len(enc.skipped) > 3 else ''})")
+        if not enc.sources and not allow_none:
+            raise none_readable(len(files), enc.skipped, self.predictor is not None)
         return enc
+
+    def encoder_inputs(self, files: Sequence[str], resize: bool = True) -> np.ndarray:
+        """The photos of readable files as the encoder sees them (read, aligned with a predictor, preprocessed), no
+        network run: (N, H, W, 3) float32 in [-1, 1] (grids of a run whose codes are computed already)."""
+        return np.stack([self._prepare(inputs.read_image(f), f, resize, True) for f in files])
 
     # ---- edits ---------------------------------------------------------------------------------------------
 

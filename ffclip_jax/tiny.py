@@ -51,8 +51,8 @@ def _random_like(path, leaf, rng: np.random.RandomState) -> np.ndarray:
     if len(shape) >= 2:
         return (rng.randn(*shape) / np.sqrt(np.prod(shape[:-1]))).astype(np.float32)
     if name in ("weight", "running_var"):
-        return (1 + 0.1 * rng.rand(*shape)).astype(np.float32)
-    return (0.1 * rng.randn(*shape)).astype(np.float32)
+        return np.asarray(1 + 0.1 * rng.rand(*shape), np.float32)
+    return np.asarray(0.1 * rng.randn(*shape), np.float32)  # np.asarray: a 0-d leaf (CLIP's logit_scale) too
 
 
 def _save_flax(directory: str, model: str, module, config, example, seed: int, numpy_fill: bool = False,

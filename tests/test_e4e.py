@@ -23,7 +23,7 @@ from ffclip_jax.models.irse import IRBottleneck, unit_specs
 from ffclip_jax.nn.layers import PReLU
 from torch_ref import irse as ref
 from torch_ref.stylegan2 import Generator as TorchGenerator, randomize_ as randomize_generator_
-from parity import ROOT, assert_close, nhwc
+from parity import ROOT, U32, assert_float32_parity, float64_copy, nhwc
 
 
 def psp_checkpoint(encoder, decoder, latent_avg, opts):
@@ -60,10 +60,14 @@ def small(tmp_path_factory):
     assert r.returncode == 0, r.stderr
     psp = ref.GradualStyleEncoder(stylegan_size=32, style_dim=64)
     psp.load_state_dict(enc.state_dict())
+    psp.eval()
+    refs = {}  # name: (PyTorch's float32 codes, the float64 truth)
     with torch.no_grad():
-        refs = {"e4e": enc(x) + latent_avg, "psp": psp.eval()(x) + latent_avg}
-        enc.progressive_stage = 4
-        refs["stage4"] = enc(x) + latent_avg
+        for name, net, stage in (("e4e", enc, None), ("psp", psp, None), ("stage4", enc, 4)):
+            net64 = float64_copy(net)
+            if stage is not None:
+                net.progressive_stage = net64.progressive_stage = stage
+            refs[name] = ((net(x) + latent_avg).numpy(), (net64(x.double()) + latent_avg.double()).numpy())
     torch.set_num_threads(threads)
     return d, x, refs, dec
 
@@ -85,19 +89,22 @@ def test_config_and_codes(small):
     ours = encode(variables, jnp.asarray(nhwc(x)))
     for name, out in zip(("e4e", "stage4", "psp"), ours):
         assert out.shape == (2, 8, 64) and out.dtype == jnp.float32
-        assert_close(out, refs[name].numpy(), 1e-4, 1e-5)
-    # stage 4: codes 5.. are w0 + latent_avg only
-    w = np.asarray(ours[1]) - np.asarray(variables["buffers"]["latent_avg"])
-    np.testing.assert_allclose(w[:, 5:], np.repeat(w[:, :1], 3, axis=1), atol=1e-6)
+        assert_float32_parity(out, *refs[name], f"{name} codes")
+    # stage 4: codes 5.. are w0 + latent_avg only: equal to code 0 up to the rounding of adding latent_avg to w0
+    # and subtracting it again (2 roundings of the largest magnitude involved)
+    latent_avg = np.asarray(variables["buffers"]["latent_avg"])
+    w = np.asarray(ours[1]) - latent_avg
+    bound = 2 * U32 * max(np.abs(ours[1]).max(), np.abs(latent_avg).max()) * 2
+    np.testing.assert_allclose(w[:, 5:], np.repeat(w[:, :1], 3, axis=1), rtol=0, atol=bound)
 
 
 def test_generator_written_beside(small):
     d, _, _, dec = small
     gen, gv = pretrained.load(str(d / "out" / "generator"))
     assert (gen.size, gen.style_dim, gen.n_mlp) == (32, 64, 2)
-    np.testing.assert_allclose(gv["params"]["style_1"]["weight"], dec.state_dict()["style.1.weight"].numpy().T)
+    np.testing.assert_array_equal(gv["params"]["style_1"]["weight"], dec.state_dict()["style.1.weight"].numpy().T)
     _, ev = pretrained.load(str(d / "out"))
-    np.testing.assert_allclose(gv["buffers"]["latent_avg"], ev["buffers"]["latent_avg"][0])
+    np.testing.assert_array_equal(gv["buffers"]["latent_avg"], ev["buffers"]["latent_avg"][0])  # copies
 
 
 def fake_e4e_state_dict(n_latent=8, style_dim=64):
@@ -175,9 +182,10 @@ def test_block_tables():
                                               ((4, 4), (4, 9)), ((1, 3), (2, 5))])
 def test_bilinear_align_corners(size_in, size_out):
     x = np.random.RandomState(0).randn(2, 3, *size_in).astype(np.float32)
-    want = F.interpolate(torch.from_numpy(x), size=size_out, mode="bilinear", align_corners=True)
+    want, truth = (F.interpolate(torch.from_numpy(x).to(dtype), size=size_out, mode="bilinear", align_corners=True)
+                   for dtype in (torch.float32, torch.float64))
     got = resize_bilinear_align_corners(jnp.asarray(x.transpose(0, 2, 3, 1)), size_out)
-    assert_close(got, nhwc(want), 1e-6, 1e-7)
+    assert_float32_parity(got, nhwc(want), nhwc(truth), "bilinear")
 
 
 @pytest.mark.parametrize("in_ch,depth,stride,mode,hw", [(16, 16, 2, "ir_se", (7, 9)), (16, 32, 2, "ir", (8, 5))])
@@ -192,9 +200,9 @@ def test_bottleneck_and_strided_shortcut(in_ch, depth, stride, mode, hw):
     sd = {k: v.numpy() for k, v in unit.state_dict().items()}
     variables = apply_rules(sd, BACKBONE_RULES, expected, ignore=BACKBONE_IGNORE)
     with torch.no_grad():
-        want = unit(x)
+        want, truth = unit(x), float64_copy(unit)(x.double())
         want_short = unit.shortcut_layer(x)
-    assert_close(module.apply(variables, jnp.asarray(nhwc(x))), nhwc(want), 1e-5, 1e-6)
+    assert_float32_parity(module.apply(variables, jnp.asarray(nhwc(x))), nhwc(want), nhwc(truth), "bottleneck")
     if in_ch == depth:  # MaxPool2d(1, stride) is a strided subsample
         from ffclip_jax.models.irse import strided_subsample
         np.testing.assert_array_equal(strided_subsample(jnp.asarray(nhwc(x)), stride), nhwc(want_short))
@@ -207,19 +215,20 @@ def test_prelu_per_channel():
         p.weight.copy_(torch.randn(5))
     x = torch.randn(2, 5, 3, 3)
     got = PReLU().apply({"params": {"weight": jnp.asarray(p.weight.detach().numpy())}}, jnp.asarray(nhwc(x)))
-    assert_close(got, nhwc(p(x)), 1e-7, 1e-8)
+    # one multiplication per negative element, correctly rounded in both: equal
+    np.testing.assert_array_equal(got, nhwc(p(x)))
 
 
 @pytest.mark.slow
 def test_full_ffhq_encoder(tmp_path):
     """Full-width FFHQ e4e (IR-SE50, 18 styles of 512, 1024 decoder) at 256x256."""
     torch.manual_seed(3)
-    torch.set_num_threads(1)
     x = torch.rand(2, 3, 256, 256) * 2 - 1
     enc = ref.randomize_(ref.Encoder4Editing(stylegan_size=1024), calibration=x)
     latent_avg = torch.randn(18, 512)
     with torch.no_grad():
         want = (enc(x) + latent_avg).numpy()
+        truth = (float64_copy(enc)(x.double()) + latent_avg.double()).numpy()
     dec = TorchGenerator(1024, 512, n_mlp=8)
     torch.save(psp_checkpoint(enc, dec, latent_avg, {"encoder_type": "Encoder4Editing", "stylegan_size": 1024}),
                tmp_path / "e4e_ffhq_encode.pt")
@@ -229,4 +238,4 @@ def test_full_ffhq_encoder(tmp_path):
     module, variables = pretrained.load(str(tmp_path / "out"))
     assert module.input_size == (256, 256) and module.n_latent == 18
     got = jax.jit(module.apply)(variables, jnp.asarray(nhwc(x)))
-    assert_close(got, want, 1e-4, 1e-5)
+    assert_float32_parity(got, want, truth, "full e4e codes")

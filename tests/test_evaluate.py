@@ -22,7 +22,7 @@ from ffclip_jax.errors import FFCLIPError, run_cli
 from ffclip_jax.models import clip
 from ffclip_jax.weights import pretrained, registry
 from ffclip_jax.weights.clip_dir import save_clip
-from parity import ROOT
+from parity import ROOT, U32
 
 
 class ChannelMean(nn.Module):
@@ -82,7 +82,8 @@ def test_clip_preprocess_matches_openai_pil_path():
 def test_clip_score_known_values():
     f = jnp.asarray([[2.0, 0.0], [1.0, 0.0], [0.0, 3.0]])
     t = jnp.asarray([[1.0, 0.0], [1.0, 1.0], [1.0, 0.0]])
-    np.testing.assert_allclose(metrics.clip_score(f, t), [100.0, 100 / math.sqrt(2), 0.0], atol=1e-4)
+    # 100 x a cosine of 2-vectors: ~10 float32 roundings of values <= 100 (6e-5); 1e-4 is 16 of them
+    np.testing.assert_allclose(metrics.clip_score(f, t), [100.0, 100 / math.sqrt(2), 0.0], atol=16 * 100 * U32)
 
 
 def test_masked_mse_and_psnr_of_a_constant_offset():
@@ -95,16 +96,23 @@ def test_masked_mse_and_psnr_of_a_constant_offset():
     y_outside[:, 4:] += 0.6  # changes only where the mask is 0
     mse = jax.jit(jax.vmap(metrics.masked_mse))(np.stack([x, x, x, x]), np.stack([y, y_outside, x, y]),
                                                 np.stack([full, half, full, 0 * full]))[:, 0]
-    np.testing.assert_allclose(mse[:3], [0.01, 0.0, 0.0], rtol=1e-5)
+    # a masked mean of 192 float32 squares: at most (192 + 4) roundings of the result (Higham); PSNR = 10 log10(1 /
+    # mse) moves by 10 / ln 10 times mse's relative error, plus its own few roundings
+    mse_rtol = 196 * U32
+    np.testing.assert_allclose(mse[:3], [0.01, 0.0, 0.0], rtol=mse_rtol)
     assert np.isnan(mse[3])
-    np.testing.assert_allclose(metrics.psnr(mse[:3]), [20.0, metrics.PSNR_MAX, metrics.PSNR_MAX], rtol=1e-5)
+    np.testing.assert_allclose(metrics.psnr(mse[:3]), [20.0, metrics.PSNR_MAX, metrics.PSNR_MAX], rtol=0,
+                               atol=10 / math.log(10) * mse_rtol + 8 * 100 * U32)
 
 
 def test_latent_change_known_values():
     w = jnp.asarray(np.random.default_rng(0).normal(size=(2, 4, 8)), jnp.float32)
     out = metrics.latent_change(w, w + jnp.asarray([0.5, -2.0])[:, None, None])
-    np.testing.assert_allclose(out["latent_mean_abs"], [0.5, 2.0], rtol=1e-5)
-    np.testing.assert_allclose(out["latent_l2"], [0.5 * math.sqrt(32), 2.0 * math.sqrt(32)], rtol=1e-5)
+    # w + c and its difference with w: 2 roundings of |w| + |c| (<= 6) per element, then a mean (or a root sum of
+    # squares) of 32 terms: <= 32 + 4 roundings of the result
+    np.testing.assert_allclose(out["latent_mean_abs"], [0.5, 2.0], rtol=36 * U32, atol=2 * 6 * U32)
+    np.testing.assert_allclose(out["latent_l2"], [0.5 * math.sqrt(32), 2.0 * math.sqrt(32)], rtol=36 * U32,
+                               atol=2 * 6 * U32 * math.sqrt(32))
     with pytest.raises(FFCLIPError):
         metrics.latent_change(w, w[:, :3])
 
@@ -114,9 +122,9 @@ def test_identity_and_moco_similarity_known_pairs():
     x, x_hat = _const([0.5, 0.5, 0.5]), _const([0.5, -0.5, 0.5])
     a, b = jnp.concatenate([x, x]), jnp.concatenate([x, x_hat])
     # constant images stay constant through the crops, pools and resizes: cos((1,1,1), (1,-1,1)) = 1/3
-    np.testing.assert_allclose(_jit(metrics.identity_similarity, arcface)(a, b), [1, 1 / 3],
-                               rtol=1e-5)
-    np.testing.assert_allclose(_jit(metrics.moco_similarity, arcface)(a, b), [1, 1 / 3], rtol=1e-5)
+    # averages of constant images are exact up to a few roundings; the cosine of 3-vectors ~10 more: 1e-5 is 160
+    np.testing.assert_allclose(_jit(metrics.identity_similarity, arcface)(a, b), [1, 1 / 3], rtol=160 * U32)
+    np.testing.assert_allclose(_jit(metrics.moco_similarity, arcface)(a, b), [1, 1 / 3], rtol=160 * U32)
 
 
 def test_background_metrics_known_pair():
@@ -124,9 +132,12 @@ def test_background_metrics_known_pair():
     x = _const([-0.5, 0.0, 0.0]).at[:, :16, :, 0].set(0.5)  # hair (red > 0) in the top half
     x_hat = x.at[:, :16].add(0.4).at[:, 16:, :, 1:].add(0.2)  # hair changed; background green/blue +0.1 in [0, 1]
     out = _jit(metrics.background_metrics, parsenet)(jnp.concatenate([x, x]), jnp.concatenate([x, x_hat]))
-    np.testing.assert_allclose(out["background_fraction"], [0.5, 0.5])
-    np.testing.assert_allclose(out["background_mse"], [0.0, 0.02 / 3], rtol=1e-5)
-    np.testing.assert_allclose(out["background_psnr"], [metrics.PSNR_MAX, 10 * math.log10(3 / 0.02)], rtol=1e-5)
+    np.testing.assert_allclose(out["background_fraction"], [0.5, 0.5])  # a count of half the pixels: exact
+    # a masked mean of 32 x 32 x 3 float32 squares: <= 3072 + 4 roundings (Higham's bound for sums of positive terms)
+    mse_rtol = 3076 * U32
+    np.testing.assert_allclose(out["background_mse"], [0.0, 0.02 / 3], rtol=mse_rtol)
+    np.testing.assert_allclose(out["background_psnr"], [metrics.PSNR_MAX, 10 * math.log10(3 / 0.02)], rtol=0,
+                               atol=10 / math.log(10) * mse_rtol + 8 * 100 * U32)
 
 
 def test_composition_pairs_are_deterministic_and_skip_conflicts():
@@ -161,6 +172,7 @@ def test_report_files(tmp_path):
     data = json.loads((out / "report.json").read_text())
     assert data["per_example"]["background_mse"][0][1] is None
     assert data["prompts"][0]["stats"]["background_mse"]["count"] == 2
+    # means of the same float64 numbers, through JSON (repr round-trips): float64 rounding only, far below 1e-7
     np.testing.assert_allclose(data["prompts"][0]["stats"]["background_mse"]["mean"],
                                np.mean(results["background_mse"][0, [0, 2]]))
     np.testing.assert_allclose(data["overall"]["composition"]["clip_score_parts_min"]["mean"],
@@ -271,12 +283,15 @@ def test_cli_face_report_with_compositions(tiny_weights, stub_arcface, tmp_path)
         values = np.asarray(data["per_example"][name], float)
         assert values.shape == (5, 2) and np.isfinite(values).all(), name
     ex = data["per_example"]
+    # CLIP scores are 100 x a cosine (<= 100): their float32 difference rounds by <= 100 u = 6e-6
     np.testing.assert_allclose(np.asarray(ex["clip_score"]) - ex["clip_score_source"], ex["clip_score_delta"],
-                               atol=1e-3)
+                               rtol=0, atol=2 * 100 * U32)
     assert np.all(np.asarray(ex["latent_mean_abs"]) > 0)
     parts = np.asarray(ex["clip_score_parts"], float)
     assert parts.shape == (5, 2, 2) and np.isnan(parts[:3, :, 1]).all() and np.isfinite(parts[3:]).all()
-    np.testing.assert_allclose(parts[:3, :, 0], ex["clip_score"][:3], atol=1e-3)  # a single prompt is its own part
+    # a single prompt is its own part, scored in another batch: the same features up to float32 rounding (~1e-6
+    # relative, test_clip) move a score of <= 100 by ~1e-4; 1e-3 leaves 10x
+    np.testing.assert_allclose(parts[:3, :, 0], ex["clip_score"][:3], rtol=0, atol=1e-3)
     # deterministic: the same run gives the same numbers
     again = _run(tiny_weights, out, "--compositions", "--num-compositions", "2", "--seed", "1", "--limit", "2",
                  "--force")
@@ -286,9 +301,12 @@ def test_cli_face_report_with_compositions(tiny_weights, stub_arcface, tmp_path)
 def test_cli_zero_strength_is_a_perfect_preservation(tiny_weights, stub_arcface, tmp_path):
     """Strength 0: the edit is the source image: identity 1, no background error, no CLIP change, no latent change."""
     ex = _run(tiny_weights, tmp_path / "r", "--strength", "0", "--limit", "2")["per_example"]
-    np.testing.assert_allclose(ex["identity"], 1.0, atol=1e-5)
+    # cos(f, f) of 3-dim stand-in features: ~10 roundings of 1; identical pixels: exactly no error, no change
+    np.testing.assert_allclose(ex["identity"], 1.0, rtol=0, atol=16 * U32)
     np.testing.assert_allclose(ex["background_mse"], 0.0, atol=0)
     np.testing.assert_allclose(ex["background_psnr"], metrics.PSNR_MAX)
+    # the same pixels in another batch row: CLIP features equal to float32 rounding (~1e-6 relative, test_clip),
+    # so the score (100 x cosine) to ~1e-4
     np.testing.assert_allclose(ex["clip_score_delta"], 0.0, atol=1e-4)
     np.testing.assert_allclose(ex["latent_l2"], 0.0, atol=0)
 
@@ -366,5 +384,5 @@ def test_real_arcface_identity_of_identical_and_different_images():
     rng = np.random.default_rng(0)
     x = jnp.asarray(rng.uniform(-1, 1, (2, 64, 64, 3)), jnp.float32)
     sim = _jit(metrics.identity_similarity, arcface)(jnp.concatenate([x, x]), jnp.concatenate([x, x[::-1]]))
-    np.testing.assert_allclose(sim[:2], 1.0, atol=1e-5)
-    assert np.all(np.abs(sim[2:]) < 1 - 1e-3)
+    np.testing.assert_allclose(sim[:2], 1.0, rtol=0, atol=(512 + 4) * U32)  # cos(f, f) of 512-dim float32 features
+    assert np.all(np.abs(sim[2:]) < 1 - 1e-3)  # different images: far from identical (random features: ~0)

@@ -83,14 +83,15 @@ def test_cli_folder_grid_and_array_api(encoder_dir, photos, tmp_path, capsys):
 
     editor = Editor.from_pretrained(encoder_dir, batch_size=2)
     images = [np.asarray(Image.open(photos / n)) for n in ("a.png", "b.png", "c.png")]
-    np.testing.assert_allclose(editor.invert(images), codes, atol=1e-5)
+    # the same images through the same jitted program in the same padded batches: the same bits
+    np.testing.assert_array_equal(editor.invert(images), codes)
 
 
 def test_preprocess():
     gray = np.full((20, 10), 128, np.uint8)
     x = encoder_input(gray, (8, 4))
     assert x.shape == (8, 4, 3) and x.dtype == np.float32
-    np.testing.assert_allclose(x, (128 / 255 - 0.5) / 0.5, atol=1e-6)
+    np.testing.assert_allclose(x, (128 / 255 - 0.5) / 0.5, atol=4 * 2 ** -24)  # 3 float32 roundings of values <= 1
     rgba = np.zeros((4, 4, 4), np.uint8)
     rgba[..., 0] = 255
     np.testing.assert_array_equal(encoder_input(rgba, (4, 4), resize=False)[..., 0], 1.0)

@@ -15,7 +15,7 @@ from ffclip_jax.nn import layers
 from ffclip_jax.errors import CheckpointError
 from convert_weights.torch_io import load_checkpoint, placeholder_name
 from torch_ref import stylegan2 as ref
-from parity import nchw, nhwc
+from parity import assert_float32_parity, float64_copy, nchw, nhwc
 
 
 @pytest.mark.parametrize("up,down,pad", [(1, 1, (0, 0)), (2, 1, (2, 1)), (1, 2, (1, 1)), (2, 2, (1, 2)), (3, 1, (2, 2)),
@@ -27,7 +27,8 @@ def test_upfirdn2d_matches_reference(up, down, pad, kernel):
     k = rs.rand(3, 4).astype(np.float32) if kernel == "2d" else layers.make_kernel(kernel)
     ours = layers.upfirdn2d(jnp.asarray(x), k, up=up, down=down, pad=pad)
     theirs = ref.upfirdn2d(nchw(x), torch.from_numpy(k), up=up, down=down, pad=pad)
-    np.testing.assert_allclose(ours, nhwc(theirs), atol=1e-5, rtol=1e-5)
+    truth = ref.upfirdn2d(nchw(x).double(), torch.from_numpy(k).double(), up=up, down=down, pad=pad)
+    assert_float32_parity(ours, nhwc(theirs), nhwc(truth), f"upfirdn2d up {up} down {down} pad {pad}")
 
 
 def test_upfirdn2d_separate_axes_pads():
@@ -39,56 +40,76 @@ def test_upfirdn2d_separate_axes_pads():
 
 def test_blur_upsample_downsample():
     x = np.random.RandomState(1).randn(2, 8, 8, 4).astype(np.float32)
-    up = layers.Upsample((1, 3, 3, 1)).apply({}, jnp.asarray(x))
-    np.testing.assert_allclose(up, nhwc(ref.Upsample((1, 3, 3, 1))(nchw(x))), atol=1e-5)
-    down = layers.Downsample((1, 3, 3, 1)).apply({}, jnp.asarray(x))
+
+    def check(ours, torch_fn, what):  # torch_fn(NCHW input) in float32, then in float64: the truth
+        assert_float32_parity(ours, nhwc(torch_fn(nchw(x))), nhwc(torch_fn(nchw(x).double())), what)
     k = ref.make_kernel((1, 3, 3, 1))
-    np.testing.assert_allclose(down, nhwc(ref.upfirdn2d(nchw(x), k, down=2, pad=(1, 1))), atol=1e-5)
-    blur = layers.Blur((1, 3, 3, 1), pad=(2, 1), upsample_factor=2).apply({}, jnp.asarray(x))
-    np.testing.assert_allclose(blur, nhwc(ref.Blur((1, 3, 3, 1), (2, 1), 2)(nchw(x))), atol=1e-5)
+    upsample, blur = ref.Upsample((1, 3, 3, 1)), ref.Blur((1, 3, 3, 1), (2, 1), 2)
+    check(layers.Upsample((1, 3, 3, 1)).apply({}, jnp.asarray(x)),
+          lambda t: upsample(t) if t.dtype == torch.float32 else float64_copy(upsample)(t), "upsample")
+    check(layers.Downsample((1, 3, 3, 1)).apply({}, jnp.asarray(x)),
+          lambda t: ref.upfirdn2d(t, k.to(t.dtype), down=2, pad=(1, 1)), "downsample")
+    check(layers.Blur((1, 3, 3, 1), pad=(2, 1), upsample_factor=2).apply({}, jnp.asarray(x)),
+          lambda t: blur(t) if t.dtype == torch.float32 else float64_copy(blur)(t), "blur")
+
+
+def _torch_modconv(conv, x, s, r, dtype):
+    """(output NHWC, (d/dparams, d/dx NHWC, d/ds)) of sum(R * conv(x, s)) for the torch reference in `dtype` (a
+    float64 copy for the truth)."""
+    conv = conv if dtype == torch.float32 else float64_copy(conv)
+    xt, st = nchw(x).to(dtype).requires_grad_(True), torch.from_numpy(s).to(dtype).requires_grad_(True)
+    out = conv(xt, st)
+    (out * torch.from_numpy(r).to(dtype)).sum().backward()
+    grads = ({"weight": conv.weight.grad.numpy()[0].transpose(2, 3, 1, 0),
+              "modulation": {"weight": conv.modulation.weight.grad.numpy().T,
+                             "bias": conv.modulation.bias.grad.numpy()}}, nhwc(xt.grad), st.grad.numpy())
+    return nhwc(out.detach()), grads
 
 
 @pytest.mark.parametrize("upsample,demodulate,k", [(False, True, 3), (True, True, 3), (False, False, 1)])
 def test_modulated_conv_forms_match_reference(upsample, demodulate, k):
-    """Both forms: outputs and the gradients of sum(R * out) w.r.t. the input, the styles and the parameters equal the
-    reference's and torch autograd's."""
+    """Both forms: outputs and the gradients of sum(R * out) w.r.t. the input, the styles and the parameters are as
+    accurate as the reference's and torch autograd's float32 results (against their float64 truth)."""
     torch.manual_seed(0)
     conv = ref.ModulatedConv2d(6, 5, k, 8, demodulate=demodulate, upsample=upsample)
     with torch.no_grad():
         conv.modulation.bias.add_(torch.randn(6) * 0.1)
     rs = np.random.RandomState(2)
     x, s = rs.randn(3, 7, 7, 6).astype(np.float32), rs.randn(3, 8).astype(np.float32)
-    xt, st = nchw(x).requires_grad_(True), torch.from_numpy(s).requires_grad_(True)
-    theirs = conv(xt, st)
-    r = rs.randn(*theirs.shape).astype(np.float32)
-    (theirs * torch.from_numpy(r)).sum().backward()
+    with torch.no_grad():
+        out_shape = conv(nchw(x), torch.from_numpy(s)).shape
+    r = rs.randn(*out_shape).astype(np.float32)
+    theirs, torch_grads = _torch_modconv(conv, x, s, r, torch.float32)
+    truth, true_grads = _torch_modconv(conv, x, s, r, torch.float64)
     params = {"weight": conv.weight.detach().numpy()[0].transpose(2, 3, 1, 0),
               "modulation": {"weight": conv.modulation.weight.detach().numpy().T,
                              "bias": conv.modulation.bias.detach().numpy()}}
-    torch_grads = ({"weight": conv.weight.grad.numpy()[0].transpose(2, 3, 1, 0),
-                    "modulation": {"weight": conv.modulation.weight.grad.numpy().T,
-                                   "bias": conv.modulation.bias.grad.numpy()}}, nhwc(xt.grad), st.grad.numpy())
     for form in layers.MODCONV_FORMS:
         m = layers.ModulatedConv2d(5, k, demodulate=demodulate, upsample=upsample, modconv=form)
         ours = m.apply({"params": params}, jnp.asarray(x), jnp.asarray(s))
-        np.testing.assert_allclose(ours, nhwc(theirs.detach()), atol=2e-5, rtol=1e-4, err_msg=form)
+        assert_float32_parity(ours, theirs, truth, f"{form} output")
         r_nhwc = r.transpose(0, 2, 3, 1)
         grads = jax.grad(lambda p, x, s: jnp.sum(m.apply({"params": p}, x, s) * r_nhwc), argnums=(0, 1, 2))(
             params, jnp.asarray(x), jnp.asarray(s))
-        for (path, a), b in zip(jax.tree_util.tree_flatten_with_path(grads)[0], jax.tree.leaves(torch_grads)):
-            np.testing.assert_allclose(a, b, atol=1e-4, rtol=1e-4,
-                                       err_msg=f"{form} d/d{jax.tree_util.keystr(path)}")
+        for (path, a), b, t in zip(jax.tree_util.tree_flatten_with_path(grads)[0], jax.tree.leaves(torch_grads),
+                                   jax.tree.leaves(true_grads)):
+            assert_float32_parity(a, b, t, f"{form} d/d{jax.tree_util.keystr(path)}")
 
 
 def test_downsampling_modulated_conv_forms_agree():
+    """Both forms of the downsampling layer (no torch twin here) against our own float64 result: the grouped form is
+    as accurate as the input-scaling one."""
     rs = np.random.RandomState(3)
-    x, s = jnp.asarray(rs.randn(2, 8, 8, 4), jnp.float32), jnp.asarray(rs.randn(2, 8), jnp.float32)
+    x, s = rs.randn(2, 8, 8, 4).astype(np.float32), rs.randn(2, 8).astype(np.float32)
     m = layers.ModulatedConv2d(3, 3, downsample=True)
-    variables = m.init(jax.random.PRNGKey(0), x, s)
+    variables = m.init(jax.random.PRNGKey(0), jnp.asarray(x), jnp.asarray(s))
     a = m.apply(variables, x, s)
     b = m.clone(modconv="grouped").apply(variables, x, s)
+    with jax.enable_x64(True):
+        truth = m.apply(jax.tree.map(lambda v: np.asarray(v, np.float64), variables), x.astype(np.float64),
+                        s.astype(np.float64))
     assert a.shape == (2, 4, 4, 3)
-    np.testing.assert_allclose(a, b, atol=1e-5)
+    assert_float32_parity(b, a, truth, "grouped modconv", reference="input_scaling")
 
 
 def _sample_checkpoint(path):

@@ -11,7 +11,7 @@ import torch
 from convert_weights.__main__ import main as convert_main
 from ffclip_jax.weights import pretrained
 from ffclip_jax.errors import ConversionError, run_cli
-from test_parsenet import ROOT, assert_close
+from parity import ROOT, assert_float32_parity, float64_copy
 from torch_ref import moco as torch_moco
 from torch_ref import parsenet as torch_parsenet
 
@@ -28,13 +28,13 @@ def converted_moco(model, directory):
 
 
 def check_features(model, net, x_nhwc):
+    x = torch.from_numpy(x_nhwc).permute(0, 3, 1, 2)
     with torch.no_grad():
-        want = model(torch.from_numpy(x_nhwc).permute(0, 3, 1, 2)).numpy()
+        want, truth = model(x).numpy(), float64_copy(model)(x.double()).numpy()
     module, variables = net
     got = jax.jit(module.apply)(variables, x_nhwc)
     assert got.shape == want.shape
-    d_max, d_mean = assert_close(got, want, 1e-4, 1e-5)
-    print(f"moco features {x_nhwc.shape}: max |diff| {d_max:.2g}, mean {d_mean:.2g}")
+    assert_float32_parity(got, want, truth, f"moco features {x_nhwc.shape}")
 
 
 @pytest.fixture(scope="module")

@@ -13,7 +13,7 @@ from ffclip_jax.weights import pretrained
 from ffclip_jax.errors import CheckpointError, InputError
 from torch_ref import moco as torch_moco
 from torch_ref import parsenet as torch_parsenet
-from parity import ROOT, assert_close
+from parity import ROOT, assert_float32_parity, float64_copy
 
 
 def converted_parsenet(model, directory):
@@ -26,12 +26,13 @@ def converted_parsenet(model, directory):
 
 
 def check_logits(model, net, x_nhwc):
+    x = torch.from_numpy(x_nhwc).permute(0, 3, 1, 2)
     with torch.no_grad():
-        want = model(torch.from_numpy(x_nhwc).permute(0, 3, 1, 2)).permute(0, 2, 3, 1).numpy()
+        want = model(x).permute(0, 2, 3, 1).numpy()
+        truth = float64_copy(model)(x.double()).permute(0, 2, 3, 1).numpy()
     module, variables = net
     got = jax.jit(module.apply)(variables, x_nhwc)
-    d_max, d_mean = assert_close(got, want, 1e-4, 1e-5)
-    print(f"parsenet logits {x_nhwc.shape}: max |diff| {d_max:.2g}, mean {d_mean:.2g}")
+    assert_float32_parity(got, want, truth, f"parsenet logits {x_nhwc.shape}")
 
 
 @pytest.fixture(scope="module")

@@ -179,7 +179,10 @@ def _set_slider(driver, value):
 
 
 def _upload(driver, path):
-    inp = driver.find_element("css selector", "#photo input[type=file]")
+    # the page renders its components one after another: on a busy machine the upload input can come after the
+    # edit button the page load waits for, so wait for it too
+    inp = _wait(driver, lambda: driver.find_elements("css selector", "#photo input[type=file]"), 60,
+                "the photo upload input")[0]
     inp.send_keys(str(path))
 
 

@@ -394,6 +394,17 @@ def legacy_file(tmp_path_factory):
     return path
 
 
+@pytest.fixture(scope="module")
+def damage_source(tmp_path_factory):
+    """A legacy file to cut: torch writes storages in the order of their keys, which are memory addresses, so which
+    storage comes first or last changes from run to run; without the empty tensor every storage holds >= 3 bytes,
+    so each cut below lands in the same kind of field whatever the order (the empty-storage case is
+    `test_cut_inside_an_empty_storage_count`, on a file whose layout is written by hand)."""
+    path = tmp_path_factory.mktemp("damage") / "legacy.pt"
+    torch.save({k: v for k, v in _legacy_objects().items() if k != "empty"}, path, _use_new_zipfile_serialization=False)
+    return path
+
+
 def _very_old_legacy_file(path):
     """A legacy file in the oldest layout: storage ids with view metadata (view key, offset, numel); written with a
     custom persistent_id, as today's torch writes `None` there."""
@@ -448,7 +459,8 @@ def _cut(src, dst, n):
 
 
 @pytest.mark.parametrize("use_torch", [False, True], ids=["inert", "torch"])
-def test_damaged_files(tmp_path, legacy_file, use_torch):
+def test_damaged_files(tmp_path, damage_source, use_torch):
+    legacy_file = damage_source
     ends = _pickle_ends(legacy_file)
     size = legacy_file.stat().st_size
     cuts = {"magic": ends[0] - 3, "version": ends[1] - 1, "sys info": ends[2] - 5, "object": (ends[2] + ends[3]) // 2,
@@ -484,7 +496,44 @@ def test_damaged_files(tmp_path, legacy_file, use_torch):
     assert_one_line_error(info, path, "truncated or corrupt zip-format PyTorch checkpoint")
 
 
-def test_damaged_files_without_torch(tmp_path, legacy_file):
+def test_cut_inside_an_empty_storage_count(tmp_path):
+    """A file whose last storage is empty (0 elements: only its 8-byte count), cut in its last byte: the error names
+    that count. Hand-written layout: storage 'a' (6 floats), then 'z' (empty)."""
+    class Storage:
+        def __init__(self, key, numel):
+            self.key, self.numel = key, numel
+
+    class Tensor:
+        def __init__(self, storage, size):
+            self.storage, self.size = storage, size
+
+        def __reduce__(self):
+            stride = (1,) * len(self.size)
+            return torch._utils._rebuild_tensor_v2, (self.storage, 0, self.size, stride, False,
+                                                     collections.OrderedDict())
+
+    class Pickler(pickle.Pickler):
+        def persistent_id(self, obj):
+            return ("storage", torch.FloatStorage, obj.key, "cpu", obj.numel, None) if isinstance(obj, Storage) \
+                else None
+
+    buf = io.BytesIO()
+    Pickler(buf, protocol=2).dump({"a": Tensor(Storage("a", 6), (6,)), "z": Tensor(Storage("z", 0), (0,))})
+    path = _legacy_file(tmp_path / "empty_last.pt", buf.getvalue(), keys=["a", "z"])
+    with open(path, "ab") as f:
+        f.write((6).to_bytes(8, "little") + np.arange(6, dtype=np.float32).tobytes() + (0).to_bytes(8, "little"))
+    whole = load_checkpoint(path, use_torch=False)
+    np.testing.assert_array_equal(whole["a"], np.arange(6))
+    assert whole["z"].shape == (0,)
+    cut = _cut(path, tmp_path / "cut.pt", path.stat().st_size - 1)
+    for use_torch in (False, True):
+        with pytest.raises(CheckpointError) as info:
+            load_checkpoint(cut, use_torch=use_torch)
+        assert_one_line_error(info, cut, "the file ends inside the element count of storage 'z'")
+
+
+def test_damaged_files_without_torch(tmp_path, damage_source):
+    legacy_file = damage_source
     ends = _pickle_ends(legacy_file)
     paths = [_cut(legacy_file, tmp_path / "header.pt", ends[1] - 1), _cut(legacy_file, tmp_path / "data.pt",
                                                                            ends[4] + 20)]

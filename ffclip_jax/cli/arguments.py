@@ -3,7 +3,9 @@ from __future__ import annotations
 
 import argparse
 
+from ffclip_jax import sharding
 from ffclip_jax.errors import InputError
+from ffclip_jax.parts import DEFAULT_PART_SIZE
 from ffclip_jax.pipeline import DEFAULT_BATCH
 from ffclip_jax.text.embeddings import default_cache_dir
 
@@ -21,8 +23,63 @@ def add_cache_dir_argument(parser: argparse.ArgumentParser) -> None:
 
 
 def add_batch_size_argument(parser: argparse.ArgumentParser) -> None:
-    parser.add_argument("--batch-size", type=int, default=DEFAULT_BATCH,
-                        help=f"rows per device call, the jit batch (default {DEFAULT_BATCH})")
+    parser.add_argument("--batch-size", type=int,
+                        help=f"rows per device call, the jit batch, split over the --devices (default {DEFAULT_BATCH} "
+                             f"per device; rounded up to a multiple of the devices)")
+
+
+def add_part_size_argument(parser: argparse.ArgumentParser) -> None:
+    """`--part-size` of the resumable file tools (`ffclip_jax.parts`)."""
+    parser.add_argument("--part-size", type=int, default=DEFAULT_PART_SIZE,
+                        help=f"inputs per saved part: a rerun of a killed run redoes at most the parts in progress "
+                             f"(default {DEFAULT_PART_SIZE})")
+
+
+def devices_count(text: str):
+    """--devices: a positive integer or 'all'."""
+    if text == "all":
+        return text
+    try:
+        value = int(text)
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"expected a number of devices or 'all', got {text!r}") from None
+    if value < 1:
+        raise argparse.ArgumentTypeError(f"expected at least 1 device, got {value}")
+    return value
+
+
+def add_devices_arguments(parser: argparse.ArgumentParser) -> None:
+    """`--devices` and `--frozen-sharding` of the tools that run networks (`ffclip_jax.sharding`)."""
+    parser.add_argument("--devices", type=devices_count, metavar="N|all",
+                        help="split every batch over this process's first N devices (default: every GPU/TPU, or "
+                             "one CPU device)")
+    parser.add_argument("--frozen-sharding", choices=sharding.FROZEN_RULES, default="replicate",
+                        help="networks on every device (replicate, default) or their large arrays split over the "
+                             "devices (fsdp: less memory per device, more communication)")
+
+
+def add_distributed_arguments(parser: argparse.ArgumentParser) -> None:
+    """The multi-host switch of the file tools, as the trainer's `config.distributed`: `--distributed` alone
+    auto-detects TPU slices, SLURM and Open MPI; elsewhere the three explicit values."""
+    parser.add_argument("--distributed", action="store_true",
+                        help="one of several processes (the same command on every host): jax.distributed, the "
+                             "input files split between the processes, the output on storage every host sees")
+    parser.add_argument("--coordinator-address", metavar="HOST:PORT", help="with --distributed: process 0's address")
+    parser.add_argument("--num-processes", type=int, metavar="N", help="with --distributed: the number of processes")
+    parser.add_argument("--process-id", type=int, metavar="I", help="with --distributed: this process's index")
+
+
+def start_distributed(args: argparse.Namespace) -> None:
+    """jax.distributed for --distributed (call before anything touches a device); the explicit values only with it."""
+    explicit = [f"--{n.replace('_', '-')}" for n in ("coordinator_address", "num_processes", "process_id")
+                if getattr(args, n) is not None]
+    if not args.distributed:
+        if explicit:
+            raise InputError(f"{', '.join(explicit)}: only with --distributed")
+        return
+    at_least(args, 1, "num_processes")
+    at_least(args, 0, "process_id")
+    sharding.start_distributed(args.coordinator_address, args.num_processes, args.process_id)
 
 
 def add_overwrite_argument(parser: argparse.ArgumentParser) -> None:

@@ -3,18 +3,30 @@
     ffclip data build --domain ffhq --train train_latents.npy --test test_latents.npy --data-dir DIR
     ffclip data build --domain car --manual-dir LATENTS_DIR --data-dir DIR  # {train,test}_latents.npy
     ffclip data build --domain ffhq --synthetic 10000 --generator weights/stylegan2 --truncation 0.7 --data-dir DIR
+    ffclip data build --domain ffhq --images photos/ --encoder weights/e4e [--align PREDICTOR] \
+        [--test-fraction 0.1 --split-seed 0 | --train-list train.txt --test-list test.txt] --data-dir DIR \
+        [--devices N] [--distributed ...]
     ffclip data info --domain ffhq --data-dir DIR
+
+--images: every image under the folder (subfolders too) inverted into the dataset, each row recording its photo;
+unreadable photos and photos without a face are skipped and listed (in the dataset's metadata too). Resumable: the
+same command after a kill continues from the parts saved (`ffclip_jax.data.photos`, `ffclip_jax.parts`).
 """
 from __future__ import annotations
 
 import argparse
 import json
 import os
+import sys
 
+from ffclip_jax.cli.arguments import (add_align_argument, add_batch_size_argument, add_devices_arguments,
+                                      add_distributed_arguments, add_part_size_argument, at_least, start_distributed)
 from ffclip_jax.data.builder import build, describe
 from ffclip_jax.data.latents import DOMAINS, expected_shape, load_generator, synthetic_latents
+from ffclip_jax.data.photos import DEFAULT_TEST_FRACTION, build_from_photos
 from ffclip_jax.errors import ConfigError
 from ffclip_jax.inputs import load_latents
+from ffclip_jax.pipeline import Editor
 
 
 def build_parser() -> argparse.ArgumentParser:
@@ -33,6 +45,20 @@ def build_parser() -> argparse.ArgumentParser:
     b.add_argument("--seed", type=int, default=0, help="synthetic z seed (default 0)")
     b.add_argument("--n-latent", type=int, help="expected n_latent (default: the generator's, else the domain's)")
     b.add_argument("--force", action="store_true", help="replace an existing dataset")
+    photos = b.add_argument_group("from photos (--images)")
+    photos.add_argument("--images", metavar="DIR", help="instead of latents: invert every image under DIR")
+    photos.add_argument("--encoder", help="converted e4e directory (or a weights directory with one) for --images")
+    add_align_argument(photos)
+    photos.add_argument("--no-resize", action="store_true", help="images must be the encoder's input size")
+    photos.add_argument("--train-list", help="file of the train photos (paths relative to DIR, one per line)")
+    photos.add_argument("--test-list", help="file of the test photos (with --train-list; unlisted photos ignored)")
+    photos.add_argument("--test-fraction", type=float, default=DEFAULT_TEST_FRACTION,
+                        help=f"without lists: the seeded share of test photos (default {DEFAULT_TEST_FRACTION})")
+    photos.add_argument("--split-seed", type=int, default=0, help="without lists: the split's seed (default 0)")
+    add_batch_size_argument(photos)
+    add_part_size_argument(photos)
+    add_devices_arguments(photos)
+    add_distributed_arguments(photos)
     i = sub.add_parser("info", help="print a built dataset's shape, split sizes and source as JSON")
     i.add_argument("--domain", required=True, choices=list(DOMAINS))
     i.add_argument("--data-dir", required=True)
@@ -66,7 +92,36 @@ def _synthetic_splits(args, module, variables):
     return splits, source
 
 
+def run_photos(args) -> None:
+    if args.train or args.test or args.manual_dir or args.synthetic is not None:
+        raise ConfigError("--images takes no --train/--test/--manual-dir/--synthetic")
+    if not args.encoder:
+        raise ConfigError("--images needs --encoder DIR (a converted e4e directory)")
+    at_least(args, 1, "batch_size", "part_size")
+    start_distributed(args)
+    expected = expected_shape(args.domain, n_latent=args.n_latent)
+    editor = Editor.from_pretrained(args.encoder, align=args.align, batch_size=args.batch_size, networks=("e4e",),
+                                    devices=args.devices, frozen=args.frozen_sharding)
+    done = build_from_photos(args.data_dir, args.domain, args.images, editor, align=args.align,
+                             resize=not args.no_resize, part_size=args.part_size, force=args.force,
+                             train_list=args.train_list, test_list=args.test_list, test_fraction=args.test_fraction,
+                             seed=args.split_seed, latent_shape=(expected.n_latent, expected.style_dim))
+    if done is None:
+        print("this process's parts are done; process 0 writes the dataset", file=sys.stderr)
+        return
+    if done.get("already_built"):
+        print(f"ffclip_latents/{args.domain} in {done['path']} is built already from these photos", file=sys.stderr)
+        return
+    for _, reason in done["skipped"]:
+        print(f"skipped {reason}", file=sys.stderr)
+    sizes = ", ".join(f"{name} {n}" for name, n in done["splits"].items())
+    print(f"wrote ffclip_latents/{args.domain} ({sizes}; {len(done['skipped'])} skipped; w ({done['n_latent']}, "
+          f"{done['style_dim']})) to {done['path']}")
+
+
 def run_build(args) -> None:
+    if args.images:
+        return run_photos(args)
     module, variables = load_generator(args.generator) if args.generator else (None, None)
     expected = expected_shape(args.domain, n_latent=args.n_latent, generator=module, generator_dir=args.generator)
     if args.synthetic is not None:

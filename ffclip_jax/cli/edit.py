@@ -21,7 +21,7 @@ from tqdm import tqdm
 
 from ffclip_jax import inputs
 from ffclip_jax.cli.arguments import (add_align_argument, add_batch_size_argument, add_cache_dir_argument,
-                                      add_overwrite_argument, at_least)
+                                      add_devices_arguments, add_overwrite_argument, at_least)
 from ffclip_jax.grid import cells, save_grid
 from ffclip_jax.outputs import RunFolder, unique_names
 from ffclip_jax.pipeline import Editor
@@ -53,6 +53,7 @@ def build_parser() -> argparse.ArgumentParser:
     add_align_argument(p)
     p.add_argument("--clip", help="converted CLIP directory to use instead of the weights directory's")
     add_cache_dir_argument(p)
+    add_devices_arguments(p)
     return p
 
 
@@ -74,7 +75,8 @@ def main(argv=None) -> None:
         w = inputs.load_latents(args.latents, inputs.LatentShape(mapper["n_latent"], mapper["style_dim"],
                                                                  f"the mapper in {weights.root}"))
     editor = Editor.from_pretrained(args.weights, e4e=args.e4e, clip=args.clip, align=args.align,
-                                    batch_size=args.batch_size, cache_dir=args.cache_dir)
+                                    batch_size=args.batch_size, cache_dir=args.cache_dir, devices=args.devices,
+                                    frozen=args.frozen_sharding)
     grid_inputs = None  # the first grid rows as the encoder saw them
     if files is not None:
         enc = editor.encode_files(files, keep_inputs=args.grid_rows)
@@ -93,7 +95,7 @@ def main(argv=None) -> None:
 
     output.begin()
     grid_rows, edited = [], []
-    chunk = args.batch_size  # sources per editor call: B * P * S edits in batches of B
+    chunk = editor.batch_size  # sources per editor call: B * P * S edits in batches of B
     with tqdm(total=len(w) * len(prompts) * len(strengths), desc="editing", unit="edit") as bar:
         for start in range(0, len(w), chunk):
             r = editor.edit(w[start:start + chunk], prompts, strengths)

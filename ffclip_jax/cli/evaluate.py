@@ -8,18 +8,26 @@ preservation and latent change for every (test latent, prompt); writes report.js
 --prompts: a built-in list (ffhq, car, church) or a file, one prompt per line; duplicates are evaluated once.
 --domain: face (identity + background; needs arcface and parsenet) or other (MoCo; needs moco); default: face when
 the weights directory has arcface and parsenet, else other.
+
+The latents go in parts of --part-size, each saved in OUTPUT.parts/ when done: a killed run, rerun as it was, does
+only the parts not saved yet. With --distributed (the same command on every host) part i is process i % P's, and
+process 0 writes the same report as a one-host run (see `ffclip_jax.parts`).
 """
 from __future__ import annotations
 
 import argparse
 import os
+import sys
 
 import jax
 import numpy as np
+from tqdm import tqdm
 
 from ffclip_jax import inputs, metrics, report
-from ffclip_jax.cli.arguments import add_batch_size_argument, add_cache_dir_argument, at_least
+from ffclip_jax.cli.arguments import (add_batch_size_argument, add_cache_dir_argument, add_devices_arguments,
+                                      add_distributed_arguments, add_part_size_argument, at_least, start_distributed)
 from ffclip_jax.errors import InputError
+from ffclip_jax.parts import Parts
 from ffclip_jax.pipeline import Editor
 from ffclip_jax.text.prompts import load_prompts
 from ffclip_jax.weights import pretrained
@@ -42,6 +50,9 @@ def build_parser() -> argparse.ArgumentParser:
     add_batch_size_argument(p)
     add_cache_dir_argument(p)
     p.add_argument("--force", action="store_true", help="replace an existing --output directory")
+    add_part_size_argument(p)
+    add_devices_arguments(p)
+    add_distributed_arguments(p)
     return p
 
 
@@ -49,7 +60,8 @@ def main(argv=None) -> None:
     args = build_parser().parse_args(argv)
     if os.path.exists(args.output) and not args.force:
         raise InputError(f"--output {args.output}: already exists (pass --force to replace it)")
-    at_least(args, 1, "limit", "batch_size", "num_compositions")
+    at_least(args, 1, "limit", "batch_size", "num_compositions", "part_size")
+    start_distributed(args)
     strength = inputs.strength(args.strength, name="--strength")
     prompts = inputs.prompts(load_prompts(args.prompts))
     entries = [{"prompt": p, "kind": "single", "parts": [p]} for p in prompts]
@@ -68,19 +80,37 @@ def main(argv=None) -> None:
     indices = np.arange(len(latents) if args.limit is None else min(args.limit, len(latents)))
     latents = np.asarray(latents[indices], np.float32)
     editor = Editor.from_pretrained(args.weights, batch_size=args.batch_size, cache_dir=args.cache_dir,
-                                    networks=("mapper", "generator", "clip"))
+                                    networks=("mapper", "generator", "clip"), devices=args.devices,
+                                    frozen=args.frozen_sharding)
     nets, variables = metrics.metric_networks(weights, editor.clip, domain)
 
     embeddings = editor.text_embeddings([e["prompt"] for e in entries])
     parts = [editor.text_embeddings(e["parts"]) for e in entries] if args.compositions else None
-    results = metrics.evaluate(editor, nets, variables, latents, embeddings, strength=strength,
-                               part_embeddings=parts)
+    rows_per_device = editor.batch_size // len(editor.devices)
+    stat = os.stat(args.latents)
+    job = Parts(os.path.normpath(args.output) + ".parts", indices.tolist(), args.part_size, plan={
+        "tool": "evaluate", "weights": weights.root, "networks": dict(weights.networks), "domain": domain,
+        "latents": [os.path.abspath(args.latents), stat.st_size, stat.st_mtime_ns], "entries": entries,
+        "strength": strength, "rows_per_device": rows_per_device})
+    with tqdm(total=sum(len(job.part_items(i)) for i in job.mine()), initial=job.done_items(), desc="evaluating",
+              unit="latent") as bar:
+        for i in job.todo():
+            start, end = job.range(i)
+            job.save(i, metrics.evaluate(editor, nets, variables, latents[start:end], embeddings, strength=strength,
+                                         part_embeddings=parts, progress=False))
+            bar.update(end - start)
+    if not job.finish():
+        print(f"process {job.process}: parts {job.mine()} done; process 0 writes {args.output}", file=sys.stderr)
+        return
+    saved = [arrays for arrays, _ in job.load_all()]
+    results = {k: np.concatenate([a[k] for a in saved], axis=1) for k in saved[0]}
 
     meta = {"weights": weights.root, "latents": os.path.abspath(args.latents), "prompts": args.prompts,
             "domain": domain, "seed": args.seed, "strength": strength, "compositions": args.compositions,
-            "batch_size": args.batch_size, "image_size": int(editor.generator[0].size),
+            "rows_per_device": rows_per_device, "image_size": int(editor.generator[0].size),
             "clip_preprocess": "PIL bicubic (antialiased) resize of the shorter side + center crop + CLIP mean/std",
             "jax_backend": jax.default_backend(), "networks": dict(weights.networks)}
     rep = report.build_report(entries, results, indices, meta)
     files = report.write_report(args.output, rep, results, overwrite=args.force)
+    job.remove()
     print(f"wrote {', '.join(files)} to {args.output} ({len(indices)} latents x {len(entries)} prompts)")

@@ -14,8 +14,10 @@ import shutil
 import tempfile
 from typing import List, Tuple
 
-from ffclip_jax.cli.arguments import add_align_argument, add_batch_size_argument, add_cache_dir_argument, at_least
+from ffclip_jax.cli.arguments import (add_align_argument, add_batch_size_argument, add_cache_dir_argument,
+                                      add_devices_arguments, at_least)
 from ffclip_jax.errors import InputError
+from ffclip_jax.pipeline import Editor
 from ffclip_jax.studio import MAX_FILE_SIZE, build_app, log, theme
 
 
@@ -49,6 +51,7 @@ def build_parser() -> argparse.ArgumentParser:
     add_batch_size_argument(p)
     p.add_argument("--no-batching", action="store_true", help="run edit requests one at a time (benchmarks)")
     add_cache_dir_argument(p)
+    add_devices_arguments(p)
     return p
 
 
@@ -63,12 +66,14 @@ def main(argv=None) -> None:
     os.environ["GRADIO_ANALYTICS_ENABLED"] = "False"
     os.environ.setdefault("GRADIO_SERVER_NAME", args.host)
     try:
-        app = build_app(args.weights, workdir, batching=not args.no_batching, align=args.align,
-                        cache_dir=args.cache_dir, batch_size=args.batch_size)
+        log(f"loading networks from {args.weights}")
+        editor = Editor.from_pretrained(args.weights, batch_size=args.batch_size, cache_dir=args.cache_dir,
+                                        align=args.align, devices=args.devices, frozen=args.frozen_sharding)
+        app = build_app(editor, workdir, batching=not args.no_batching)
         app.queue(default_concurrency_limit=1, max_size=1024)
         log(f"serving on http://{args.host}:{args.port} (files under {workdir})")
         app.launch(server_name=args.host, server_port=args.port, share=False, auth=auth, inbrowser=False,
                    allowed_paths=[workdir], max_file_size=MAX_FILE_SIZE, show_error=True, ssr_mode=False,
-                   theme=theme(), quiet=False, enable_monitoring=False, mcp_server=False, pwa=False)
+                   theme=theme(), quiet=True, enable_monitoring=False, mcp_server=False, pwa=False)
     finally:
         shutil.rmtree(workdir, ignore_errors=True)

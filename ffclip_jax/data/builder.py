@@ -1,13 +1,15 @@
 """TFDS dataset `ffclip_latents` (configs ffhq, car, church, custom): w+ latents as array_record, read without TF.
 
 Layout: DATA_DIR/ffclip_latents/<domain>/1.0.0/ with `train` and `test` splits of
-{"w": float32 (n_latent, style_dim), "index": int64 (row in the source array)}, stored in source order
-(shuffling is the input pipeline's job). Read it with
+{"w": float32 (n_latent, style_dim), "index": int64 (row in the source array, or the photo's place in the input
+list), "source": text (the photo's file, relative to the photo folder; "" for latents arrays)}, stored in source
+order (shuffling is the input pipeline's job). Datasets built before `source` existed read the same. Read it with
 
     split = ffclip_jax.data.open_split(DATA_DIR, "ffhq", "train")   # a random-access source, no TensorFlow
     # equivalently: tfds.data_source("ffclip_latents/ffhq", data_dir=DATA_DIR, split="train")
 
-The `metadata` of the dataset records where the latents came from (files, or generator/seed/truncation).
+The `metadata` of the dataset records where the latents came from (files, generator/seed/truncation, or photos with
+the encoder, the split rule and the skipped photos: `ffclip_jax.data.photos`).
 """
 from __future__ import annotations
 
@@ -25,6 +27,8 @@ from tensorflow_datasets.core.utils import py_utils
 from ffclip_jax.data.latents import DOMAINS, STYLE_DIM
 from ffclip_jax.errors import ConfigError, InputError
 from ffclip_jax.fileio import atomic_output_dir
+from ffclip_jax.logs import QuietPreparation
+from ffclip_jax.parts import crash_point
 
 NAME = "ffclip_latents"
 DATASET_VERSION = "1.0.0"
@@ -37,10 +41,10 @@ class LatentsConfig(tfds.core.BuilderConfig):
     n_latent: Optional[int] = None
 
 
-class FfclipLatents(tfds.core.GeneratorBasedBuilder):
+class FfclipLatents(QuietPreparation, tfds.core.GeneratorBasedBuilder):
     """Inverted (or synthetic) StyleGAN2 w+ latents for FFCLIP training. Built from arrays given to the constructor
-    (`splits={"train": (N, L, D), "test": (M, L, D)}`, validated by `ffclip_jax.data.latents`); use
-    `ffclip data build`, which does that."""
+    (`splits={"train": (N, L, D), "test": (M, L, D)}`, validated by `ffclip_jax.data.latents`; `rows` optionally
+    {split: {"index": (N,), "source": N strings}}); use `ffclip data build`, which does that."""
 
     VERSION = tfds.core.Version(DATASET_VERSION)
     RELEASE_NOTES = {DATASET_VERSION: "w+ latents with their source row index."}
@@ -54,9 +58,10 @@ class FfclipLatents(tfds.core.GeneratorBasedBuilder):
         return epath.Path(__file__)
 
     def __init__(self, *, splits: Optional[Mapping[str, Any]] = None, source: Optional[Dict[str, Any]] = None,
-                 **kwargs):
+                 rows: Optional[Mapping[str, Mapping[str, Any]]] = None, **kwargs):
         self._splits = dict(splits) if splits is not None else None
         self._source = dict(source or {})
+        self._rows = dict(rows or {})
         super().__init__(**kwargs)
 
     def _features(self):
@@ -68,7 +73,9 @@ class FfclipLatents(tfds.core.GeneratorBasedBuilder):
             shape = (self.builder_config.n_latent, STYLE_DIM)
         return tfds.features.FeaturesDict({
             "w": tfds.features.Tensor(shape=shape, dtype=np.float32, doc="w+ latent (n_latent, style_dim)"),
-            "index": tfds.features.Scalar(dtype=np.int64, doc="row of the example in its source array"),
+            "index": tfds.features.Scalar(dtype=np.int64, doc="row of the example in its source array (photos: the "
+                                                              "place of its file in the input list)"),
+            "source": tfds.features.Text(doc="the example's photo, relative to the photo folder ('' for arrays)"),
         })
 
     def _info(self) -> tfds.core.DatasetInfo:
@@ -81,11 +88,13 @@ class FfclipLatents(tfds.core.GeneratorBasedBuilder):
         if self._splits is None:
             raise ConfigError(f"{NAME} is built from your latents: run `ffclip data build --domain "
                               f"{self.builder_config.name} --train TRAIN.npy --test TEST.npy --data-dir DIR`")
-        return {name: self._generate_examples(arr) for name, arr in self._splits.items()}
+        return {name: self._generate_examples(arr, self._rows.get(name)) for name, arr in self._splits.items()}
 
-    def _generate_examples(self, latents):
+    def _generate_examples(self, latents, rows):
         for i in range(latents.shape[0]):
-            yield i, {"w": np.asarray(latents[i], np.float32), "index": i}
+            crash_point("dataset-example")
+            yield i, {"w": np.asarray(latents[i], np.float32), "index": int(rows["index"][i]) if rows else i,
+                      "source": rows["source"][i] if rows else ""}
 
 
 def dataset_dir(data_dir: str, domain: str) -> str:
@@ -94,8 +103,9 @@ def dataset_dir(data_dir: str, domain: str) -> str:
 
 
 def build(data_dir: str, domain: str, splits: Mapping[str, Any], source: Dict[str, Any], *,
-          overwrite: bool = False) -> str:
-    """Write validated latent arrays as the `ffclip_latents/<domain>` dataset; returns its directory.
+          overwrite: bool = False, rows: Optional[Mapping[str, Mapping[str, Any]]] = None) -> str:
+    """Write validated latent arrays as the `ffclip_latents/<domain>` dataset; returns its directory. rows: each
+    split's {"index", "source"} (default: the row number and "").
 
     Written atomically: TFDS writes into a temporary sibling that replaces the dataset directory only when done.
     """
@@ -110,7 +120,7 @@ def build(data_dir: str, domain: str, splits: Mapping[str, Any], source: Dict[st
     with atomic_output_dir(target, overwrite) as tmp:
         work_root = os.path.join(tmp, "_tfds")
         builder = FfclipLatents(config=domain, data_dir=work_root, file_format="array_record",
-                                splits=splits, source=dict(source, domain=domain))
+                                splits=splits, source=dict(source, domain=domain), rows=rows)
         builder.download_and_prepare(download_dir=os.path.join(tmp, "_downloads"))
         built = os.fspath(builder.data_path)
         for name in os.listdir(built):

@@ -1,10 +1,14 @@
 """Checkpoints (orbax CheckpointManager: the TrainState and the input pipeline's position; the latest K and the best
-by validation loss) and the export of a trained mapper as a weights directory for the editor."""
+by validation loss), resuming from the newest one that restores (damaged ones are moved aside), and the export of a
+trained mapper as a weights directory for the editor."""
 from __future__ import annotations
 
+import glob
 import json
 import os
-from typing import Any, Dict, Mapping, Optional, Tuple
+import re
+import shutil
+from typing import Any, Callable, Dict, List, Mapping, Optional, Tuple
 
 import jax
 import ml_collections
@@ -13,7 +17,7 @@ import numpy as np
 from ffclip_jax.errors import CheckpointError, ConfigError
 from ffclip_jax.models.mapper import DynamicMapper
 from ffclip_jax.models.stylegan2 import n_latent
-from ffclip_jax.train.sharding import make_mesh, state_sharding
+from ffclip_jax.sharding import make_mesh, state_sharding
 from ffclip_jax.train.state import TrainState, abstract_state, make_optimizer
 from ffclip_jax.weights import pretrained
 from ffclip_jax.weights.manifest import TRAIN_CONFIG as CONFIG_FILE, TRAIN_EXPORT as WEIGHTS_DIR
@@ -21,8 +25,11 @@ from ffclip_jax.weights.manifest import write_manifest
 from ffclip_jax.weights.registry import WEIGHTS_NETWORKS
 
 CHECKPOINT_DIR = "checkpoints"
+DAMAGED_DIR = "damaged_checkpoints"  # WORKDIR/damaged_checkpoints/N: checkpoint N, which did not restore
 GRIDS_DIR = "grids"
 BEST_FILE = "best.json"
+ITEMS = ("state", "data")
+STEP_METADATA = "_CHECKPOINT_METADATA"  # orbax's per-step file (written when the step is finalised)
 
 
 def checkpoint_manager(workdir: str, keep: int, *, read_only: bool = False):
@@ -35,7 +42,7 @@ def checkpoint_manager(workdir: str, keep: int, *, read_only: bool = False):
         pp.LatestN(n=keep),
         pp.BestN(get_metric_fn=lambda m: m["val_loss"], reverse=True, n=1, keep_checkpoints_without_metrics=False)])
     options = ocp.CheckpointManagerOptions(preservation_policy=policy, create=not read_only, read_only=read_only,
-                                           save_interval_steps=1)
+                                           save_interval_steps=0 if read_only else 1)
     return ocp.CheckpointManager(os.path.abspath(os.path.join(workdir, CHECKPOINT_DIR)),
                                  item_names=("state", "data"), options=options)
 
@@ -50,12 +57,124 @@ def save_checkpoint(manager, state: TrainState, data_state: Mapping[str, Any], m
 
 def restore_checkpoint(manager, step: int, target: TrainState, shardings) -> Tuple[TrainState, Dict[str, Any]]:
     """Restore `step` onto `shardings` (any device count: the state is resharded on load)."""
+    out = manager.restore(step, args=_composite_restore(target, shardings))
+    return out["state"], dict(out["data"])
+
+
+def _composite_restore(target: TrainState, shardings):
     import orbax.checkpoint as ocp
 
     abstract = jax.tree.map(lambda a, s: jax.ShapeDtypeStruct(np.shape(a), a.dtype, sharding=s), target, shardings)
-    out = manager.restore(step, args=ocp.args.Composite(state=ocp.args.StandardRestore(abstract),
-                                                        data=ocp.args.JsonRestore()))
-    return out["state"], dict(out["data"])
+    return ocp.args.Composite(state=ocp.args.StandardRestore(abstract), data=ocp.args.JsonRestore())
+
+
+def step_dirs(workdir: str) -> Dict[int, str]:
+    """{step: directory} of the checkpoints in WORKDIR/checkpoints (orbax names each step's directory by its number)."""
+    root = os.path.join(workdir, CHECKPOINT_DIR)
+    names = os.listdir(root) if os.path.isdir(root) else []
+    return {int(n): os.path.join(root, n) for n in names if n.isdigit() and os.path.isdir(os.path.join(root, n))}
+
+
+def restore_newest(workdir: str, target: TrainState, shardings,
+                   log: Callable[[str], None] = print) -> Optional[Tuple[int, TrainState, Dict[str, Any]]]:
+    """(step, state, input-pipeline state) of the newest checkpoint in WORKDIR/checkpoints that restores, or None
+    when there is none. Each newer one that does not (a truncated or missing array file, a missing or garbled
+    metadata file, a missing item) is named in one line (step, file, why) and moved to WORKDIR/damaged_checkpoints/,
+    never deleted: the manager then neither reads it nor garbage-collects it, and when the resumed run reaches that
+    step again it saves a fresh checkpoint there. When none restores, nothing is moved and a CheckpointError names
+    the directory. Run on every process (multi-host: the chief moves, the others wait)."""
+    import orbax.checkpoint as ocp
+
+    steps = step_dirs(workdir)
+    damaged: Dict[int, str] = {}
+    found = None
+    for step in sorted(steps, reverse=True):
+        problem = _structure_problem(steps[step])
+        if problem is None:
+            try:
+                with ocp.Checkpointer(ocp.CompositeCheckpointHandler()) as checkpointer:
+                    out = checkpointer.restore(os.path.abspath(steps[step]), args=_composite_restore(target, shardings))
+                found = step, out["state"], dict(out["data"])
+                break
+            except Exception as e:  # tensorstore, orbax and json raise many kinds for damaged files
+                problem = describe_restore_error(steps[step], e)
+        damaged[step] = problem
+    if damaged and found is None:
+        raise CheckpointError(f"{os.path.join(workdir, CHECKPOINT_DIR)}: no checkpoint restores ("
+                              + "; ".join(f"step {s}: {p}" for s, p in sorted(damaged.items(), reverse=True))
+                              + "); move them out of the way to start afresh")
+    damaged.update({s: p for s in steps if s not in damaged and (found is None or s < found[0])
+                    for p in [_structure_problem(steps[s])] if p})  # older ones orbax would choke on later
+    best = read_best(workdir)
+    for step in sorted(damaged, reverse=True):
+        where = _move_aside(workdir, steps[step])
+        log(f"checkpoint {step} cannot be restored ({damaged[step]}): moved to {where}")
+        if best and best["step"] == step and jax.process_index() == 0 and os.path.isfile(
+                os.path.join(workdir, BEST_FILE)):
+            os.remove(os.path.join(workdir, BEST_FILE))  # the next evaluation writes it again
+    if damaged and jax.process_count() > 1:
+        from jax.experimental import multihost_utils
+
+        multihost_utils.sync_global_devices("ffclip_jax: damaged checkpoints moved")
+    return found
+
+
+def _structure_problem(step_dir: str) -> Optional[str]:
+    """What is missing or garbled in a step directory before any array is read: orbax's step metadata (JSON) and
+    the two items; None if it looks whole."""
+    path = os.path.join(step_dir, STEP_METADATA)
+    if not os.path.isfile(path):
+        return f"{path}: missing"
+    try:
+        with open(path) as f:
+            json.load(f)
+    except (OSError, ValueError) as e:
+        return f"{path}: not readable JSON ({e})"
+    for item in ITEMS:
+        if not os.path.isdir(os.path.join(step_dir, item)):
+            return f"{os.path.join(step_dir, item)}: missing"
+    return None
+
+
+def describe_restore_error(step_dir: str, e: BaseException) -> str:
+    """'FILE: why' for a failed restore: the innermost error's first line (tensorstore names the array and the
+    database; a value of size N names the truncated file, found by its size), or the JSON file that does not parse."""
+    chain, cause = [], e
+    while cause is not None and len(chain) < 8:
+        chain.append(cause)
+        cause = cause.__cause__ or cause.__context__
+    why = next((str(c).strip().splitlines()[0] for c in reversed(chain) if str(c).strip()), type(e).__name__)
+    files = [f for f in glob.glob(os.path.join(step_dir, "**"), recursive=True) if os.path.isfile(f)]
+    size = re.search(r"value of size (\d+)", why)
+    culprit = [f for f in files if size and os.path.getsize(f) == int(size.group(1))]
+    if isinstance(e, ValueError) and not culprit:  # json.JSONDecodeError is a ValueError: which JSON file?
+        culprit = [f for f in files if os.path.basename(f) in ("_METADATA", "metadata") and not _parses(f)]
+    where = culprit[0] if len(culprit) == 1 else step_dir
+    return f"{where}: {why[:300]}"
+
+
+def _parses(path: str) -> bool:
+    try:
+        with open(path) as f:
+            json.load(f)
+        return True
+    except (OSError, ValueError):
+        return False
+
+
+def _move_aside(workdir: str, step_dir: str) -> str:
+    """Move a checkpoint directory to WORKDIR/damaged_checkpoints/<step>[-k] (a new name each time); the chief
+    process moves, every process returns the destination."""
+    root = os.path.join(workdir, DAMAGED_DIR)
+    name, k = os.path.basename(step_dir), 1
+    dest = os.path.join(root, name)
+    while os.path.exists(dest):
+        k += 1
+        dest = os.path.join(root, f"{name}-{k}")
+    if jax.process_index() == 0:
+        os.makedirs(root, exist_ok=True)
+        shutil.move(step_dir, dest)
+    return dest
 
 
 def read_best(workdir: str) -> Optional[Dict[str, Any]]:

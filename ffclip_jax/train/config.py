@@ -6,49 +6,13 @@ from __future__ import annotations
 from typing import Dict, Tuple
 
 from ffclip_jax.errors import CheckpointError, ConfigError
-from ffclip_jax.train.sharding import DATA_AXIS
+from ffclip_jax.sharding import DATA_AXIS
 from ffclip_jax.weights import pretrained
 from ffclip_jax.weights.registry import NETWORKS, TRAINED_NETWORK, TRAINING_NETWORKS, WEIGHTS_NETWORKS, network_entry
 
 LOSS_TERMS = ("clip", "embedding", "latent", "id", "background", "moco", "image_l1")
 # loss term -> the frozen network it needs (besides the generator)
 TERM_NETWORK = {"clip": "clip", "embedding": "clip", "id": "arcface", "background": "parsenet", "moco": "moco"}
-
-
-def parse_flags(argv):
-    """absl's flag parsing for train.py (`--config FILE --workdir DIR --config.a.b=value`), with every problem (an
-    unknown key, a bad value, a missing or broken config file, an unknown flag) as one line `error: ...` and exit
-    status 2. absl logs at WARNING unless --verbosity says otherwise (orbax is chatty at INFO)."""
-    import sys
-
-    from absl import flags
-
-    flags.FLAGS.set_default("verbosity", -1)
-    try:
-        rest = flags.FLAGS(argv)
-        flags.FLAGS.config.keys()  # config files load lazily: surface a missing or broken file here
-        return rest
-    except (flags.Error, AttributeError, KeyError, ValueError, TypeError, OSError) as e:
-        print(f"error: {_flag_error(argv, e)}", file=sys.stderr)
-        sys.exit(2)
-
-
-def _flag_error(argv, e: Exception) -> str:
-    """One line for a flag-parsing exception: the offending --config argument and what was wrong."""
-    lines = [line.strip() for line in str(e).replace("\\n", "\n").splitlines() if line.strip()]
-    if isinstance(e, OSError):  # the config file could not be loaded
-        return f"--config: {lines[-1].strip(chr(39) + chr(34))}"
-    if "Traceback" in str(e):  # get_config() raised
-        return f"--config: get_config() failed: {lines[-1]}"
-    for arg in argv[1:]:
-        name = arg.split("=", 1)[0]
-        field = next((f for f in name.split(".")[1:] if f"'{f}'" in str(e)), name.rsplit(".", 1)[-1])
-        if name.startswith("--config.") and field in str(e):
-            hint = next((line for line in lines if line.startswith(("Did you mean", "'Did you mean"))), "")
-            if isinstance(e, (AttributeError, KeyError)):
-                return f"{name}: unknown config key {field!r}" + (f" ({hint.strip(chr(39))})" if hint else "")
-            return f"{arg}: {lines[-1]}"
-    return " ".join(lines)
 
 
 def resolve_batch(config, num_devices: int) -> Tuple[int, int]:

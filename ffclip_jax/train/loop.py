@@ -3,7 +3,7 @@ compile, evaluation, the loop (log / eval / checkpoint when `itstime`), export. 
 `train_and_evaluate(config, workdir)`; rerunning it resumes, SIGTERM saves and stops.
 
 WORKDIR receives checkpoints/ (orbax), grids/step_N.png, TensorBoard events in tb/, config.json, best.json and, at
-the end, weights/ (the best mapper and a manifest of the other networks, for `python -m ffclip_jax.edit`).
+the end, weights/ (the best mapper and a manifest of the other networks, for `ffclip edit`).
 """
 from __future__ import annotations
 
@@ -19,7 +19,7 @@ import numpy as np
 from ffclip_jax.errors import ConfigError
 from ffclip_jax.fileio import write_json_atomic
 from ffclip_jax.train import checkpoint as ckpt
-from ffclip_jax.train import sharding
+from ffclip_jax import sharding
 from ffclip_jax.train.config import check_weights, resolve_batch
 from ffclip_jax.train.networks import init_mapper_params, load_networks
 from ffclip_jax.train.state import abstract_state, create_state, make_optimizer
@@ -119,14 +119,16 @@ def train_and_evaluate(config, workdir: str, *, on_step: Optional[Callable[[int]
     optimizer, schedule = make_optimizer(config, total_steps)
     abstract = abstract_state(nets.mapper, optimizer)
     state_shardings = sharding.state_sharding(mesh, abstract)
+    say = (lambda line: print(line, flush=True)) if chief else (lambda line: None)
+    restored = ckpt.restore_newest(workdir, abstract, state_shardings, log=say)  # damaged ones: named, moved aside
     manager = ckpt.checkpoint_manager(workdir, config.log.keep_checkpoints)
     batches = TrainBatches(train_source, global_batch_size=batch_size, num_prompts=len(prompts), seed=config.seed,
                            sharding=sharding.batch_sharding(mesh), prefetch=config.train.prefetch)
-    start = manager.latest_step()
-    if start is not None:
-        state, data_state = ckpt.restore_checkpoint(manager, start, abstract, state_shardings)
+    start = None
+    if restored is not None:
+        start, state, data_state = restored
         batches.restore(data_state)
-        print(f"resumed from {manager.directory}/{start} (step {start} of {total_steps})", flush=True)
+        say(f"resumed from {manager.directory}/{start} (step {start} of {total_steps})")
     else:
         params = jax.device_get(init_mapper_params(config, nets.mapper, config.seed))  # same on every host
         state = jax.jit(lambda p: create_state(p, optimizer, config.seed), out_shardings=state_shardings)(
@@ -227,7 +229,7 @@ def train_and_evaluate(config, workdir: str, *, on_step: Optional[Callable[[int]
     if chief:
         where = f"best checkpoint: {manager.directory}/{best['step']} (val_loss {best['val_loss']:.4f})" if best else \
             f"latest checkpoint: {manager.directory}/{step}"
-        export = (f"weights for `python -m ffclip_jax.edit --weights {weights}`" if weights else
+        export = (f"weights for `ffclip edit --weights {weights}`" if weights else
                   f"export with `{EXPORT_HINT.format(workdir=workdir)}`")
         print(f"done: {step} steps. {where}; grids: {grids_dir}/ (last {last_grid}); {export}; "
               f"TensorBoard: tensorboard --logdir {workdir}/tb", flush=True)

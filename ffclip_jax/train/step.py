@@ -27,7 +27,7 @@ from ffclip_jax import losses
 from ffclip_jax.errors import ConfigError
 from ffclip_jax.train.config import active_terms
 from ffclip_jax.train.networks import Networks
-from ffclip_jax.train.sharding import DATA_AXIS, batch_sharding, replicated
+from ffclip_jax.sharding import DATA_AXIS, batch_sharding, replicated
 from ffclip_jax.train.state import TrainState
 
 

@@ -2,7 +2,7 @@
 (`visual.conv1.weight`, `visual.transformer.resblocks.N.attn.in_proj_weight`, `token_embedding.weight`, `ln_final`,
 `text_projection`, `logit_scale`, ...), quick_gelu, LayerNorm eps 1e-5, sequence-first transformers, and FFCLIP's
 CLIP-loss preprocessing. Scriptable with torch.jit.script to build TorchScript archives like OpenAI's `ViT-B-32.pt`.
-Used by tests only."""
+Used by the tests and the benchmarks."""
 from collections import OrderedDict
 from typing import Optional
 

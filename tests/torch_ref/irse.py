@@ -1,6 +1,6 @@
 """PyTorch oracles for the IR / IR-SE networks (our own code; state-dict keys identical to upstream): e4e's
 `Encoder4Editing`, pSp's `GradualStyleEncoder` (encoder4editing `models/encoders/psp_encoders.py`) and InsightFace's
-ArcFace `Backbone`. NCHW. Used by tests only."""
+ArcFace `Backbone`. NCHW. Used by the tests and the benchmarks."""
 import math
 
 import torch

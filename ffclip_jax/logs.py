@@ -1,0 +1,81 @@
+"""How loud the command lines are, in one place: third-party logs at WARNING unless asked, and the messages that
+mislead a user silenced. Every entry point calls `quiet()` first (`errors.run_cli` does for every tool, train.py
+through `ffclip_jax.cli.train`); progress bars and our own one-line messages are untouched.
+
+Silenced: absl/XLA/orbax/TFDS INFO logs (JAX's "Unable to initialize backend 'tpu'", orbax's per-save lines), the
+C++ logs of XLA/TSL below WARNING, orbax's warning on every read-only checkpoint manager, TFDS's "Downloading and
+preparing dataset" and its progress bars (nothing is downloaded: our builder generates from arrays; the mixin
+`QuietPreparation`), transformers' Flax deprecation warning, Starlette's deprecation warning on every studio
+request, Gradio's analytics. (Gradio's "set `share=True`" hint is its launch(quiet=True): the studio prints its own
+address line.)
+"""
+from __future__ import annotations
+
+import logging
+import os
+import warnings
+
+# read by native libraries when they start (XLA/TSL C++ logging: 0 INFO, 1 WARNING, 2 ERROR), so set before jax runs
+NATIVE_ENV = {"TF_CPP_MIN_LOG_LEVEL": "1", "GRADIO_ANALYTICS_ENABLED": "False"}
+# (logger, the start of a message it should not show)
+DROPPED_RECORDS = (
+    ("transformers.modeling_flax_utils", "TensorFlow and JAX classes are deprecated"),
+    ("absl", "Given directory is read only"),  # orbax, on every read-only CheckpointManager (restoring for export)
+)
+# (warning category, regex the start of its message matches)
+IGNORED_WARNINGS = (
+    (UserWarning, r"'HTTP_\d+_\w+' is deprecated"),  # Starlette's, through Gradio's routes, on every studio request
+)
+
+
+class _DropMessages(logging.Filter):
+    def __init__(self, prefix: str):
+        super().__init__()
+        self.prefix = prefix
+
+    def filter(self, record: logging.LogRecord) -> bool:
+        return not str(record.msg).startswith(self.prefix)
+
+
+def quiet(verbosity: int = -1) -> None:
+    """Logs at WARNING (verbosity -1, absl's scale: 0 INFO, 1 DEBUG) and the misleading messages dropped. Sets the
+    native libraries' environment only where the user has not (call it before jax computes anything)."""
+    for name, value in NATIVE_ENV.items():
+        os.environ.setdefault(name, value)
+    set_verbosity(verbosity)
+    for name, prefix in DROPPED_RECORDS:
+        logger = logging.getLogger(name)
+        if not any(isinstance(f, _DropMessages) and f.prefix == prefix for f in logger.filters):
+            logger.addFilter(_DropMessages(prefix))
+    for category, message in IGNORED_WARNINGS:
+        warnings.filterwarnings("ignore", message=message, category=category)
+
+
+def set_verbosity(verbosity: int) -> None:
+    """Python and absl logging (orbax, JAX, TFDS log through them) at absl's `verbosity`: -1 WARNING, 0 INFO, 1 DEBUG."""
+    from absl import logging as absl_logging
+
+    absl_logging.set_verbosity(verbosity)
+    logging.getLogger().setLevel(absl_logging.converter.absl_to_standard(verbosity))
+
+
+class QuietPreparation:
+    """Mixin for a TFDS builder that generates from arrays in memory and downloads nothing: TFDS prints "Downloading
+    and preparing dataset ..." and "... downloaded and prepared" unconditionally (not through logging), and shows a
+    progress bar per split for what takes a moment; the builder's caller reports the result in one line."""
+
+    def download_and_prepare(self, *args, **kwargs):
+        from tensorflow_datasets.core.utils import tqdm_utils
+
+        shown = tqdm_utils._active  # TFDS's switch (tfds.display_progress_bar sets it)
+        tqdm_utils.display_progress_bar(False)
+        try:
+            return super().download_and_prepare(*args, **kwargs)
+        finally:
+            tqdm_utils.display_progress_bar(shown)
+
+    def _log_download_bytes(self) -> None:
+        pass
+
+    def _log_download_done(self) -> None:
+        pass
