@@ -113,8 +113,8 @@ def engine_measurement(engine, iters: int, clients: int = CLIENTS) -> dict:
     batched = float(np.median([serve(engine, requests(clients, 1000 * i), True) for i in range(iters)]))
     single = float(np.median([serve(engine, requests(clients, 1000 * i + 500), False) for i in range(iters)]))
     return dict(frame_ms=frame_ms, clients=clients, batched_s=batched, one_at_a_time_s=single,
-                batching_gain=single / batched, images_per_s=clients / batched, requests_per_s_batched=clients / batched,
-                requests_per_s_one_at_a_time=clients / single, warmup_s=warmup, timed_s=time.perf_counter() - t1)
+                batching_gain=single / batched, images_per_s=clients / batched,
+                requests_per_s_batched=clients / batched, requests_per_s_one_at_a_time=clients / single, warmup_s=warmup, timed_s=time.perf_counter() - t1)
 
 
 def run_engine(size: int, batch_size: int, iters: int, work: str, build_only: bool = False) -> dict:
@@ -176,7 +176,7 @@ def load(url: str, clients: int, per_client: int):
         for i in range(per_client):
             t = time.perf_counter()
             out = conns[k].predict("random", None, None, False, 10_000 * k + i, 0.7, "Blue hair", 1.0, False,
-                                   api_name="/edit")
+                                   "none", None, api_name="/edit")
             lat.append(time.perf_counter() - t)
             if "Edited" not in out[-1]:
                 errors.append(out[-1])
@@ -199,8 +199,8 @@ def frame_time(url: str, n: int = 10) -> float:
     from gradio_client import Client
 
     c = Client(url, verbose=False)
-    out = c.predict("random", None, None, False, 0, 0.7, "Blue hair", 1.0, False, api_name="/edit")
-    token = out[5]
+    out = c.predict("random", None, None, False, 0, 0.7, "Blue hair", 1.0, False, "none", None, api_name="/edit")
+    token = out[6]
     ms = []
     for i in range(n):
         status = c.predict(token, round(0.1 * (i % 10), 2), api_name="/rerender")[-1]

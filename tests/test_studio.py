@@ -419,6 +419,39 @@ def test_browser_edit(env, server, browser, editor, engine, photo, turned_photo)
     assert not [entry for entry in logs if "ERR_" in entry and "127.0.0.1" not in entry], logs
 
 
+@pytest.mark.slow
+def test_browser_refined_photo(server, browser, engine, photo):
+    """The refine choice (PTI, 2 steps): a "Refining ..." line while it runs, e4e's and the refined reconstruction
+    side by side, the edit and the slider rendered on the photo's tuned generator (the engine's, in this process)."""
+    d = browser
+    _open(d, server)
+    d.execute_script("""
+        window.statusSeen = [];
+        const el = document.querySelector('#status');
+        new MutationObserver(() => window.statusSeen.push(el.innerText)).observe(
+            el, {subtree: true, childList: true, characterData: true});""")
+    d.find_element("css selector", "#refine input[value='PTI']").click()
+    d.find_element("css selector", "#refine-steps input").send_keys("2")
+    _upload(d, photo)
+    _wait(d, lambda: _images(d, "#refined") and "Refined with PTI (2 steps)" in _status(d), 600, "the refinement")
+    seen = d.execute_script("return window.statusSeen;")
+    assert any("Refining the photo with PTI (2 steps)" in t for t in seen), seen
+    want = engine.preview(str(photo), "PTI", 2)
+    assert close(fetch_png(_images(d, "#refined")[0]["src"]), to_uint8(want.refined_reconstruction))
+    assert close(fetch_png(_images(d, "#recon")[0]["src"]), to_uint8(want.reconstruction))
+    d.find_element("css selector", "#prompts textarea").send_keys("Bald")
+    _set_strength(d, 0.5)
+    d.find_element("id", "edit-btn").click()
+    _wait(d, lambda: "from the PTI reconstruction" in _status(d) and _images(d, "#gallery"), 300, "the edit")
+    edit = engine.edit_many([EditRequest(photo=str(photo), prompts="Bald", strength=0.5, refine="PTI",
+                                         refine_steps=2, scores=False)])[0]
+    assert close(fetch_png(_images(d, "#gallery")[0]["src"]), to_uint8(edit.frames.images[0, 0]))
+    _set_strength(d, 1.5)
+    _wait(d, lambda: [c for c, _ in _captions(d)] == ["Bald · 1.5"], 120, "the re-render")
+    again = engine.rerender(edit.frames.token, 1.5)
+    assert close(fetch_png(_images(d, "#gallery")[0]["src"]), to_uint8(again.images[0, 0]))
+
+
 def test_no_server_paths(server):
     for path in ("/etc/passwd", ROOT + "/setup.cfg"):
         url = server["url"] + "gradio_api/file=" + path
@@ -439,20 +472,20 @@ def test_api(server, editor, photo):
 
     c = Client(server["url"], verbose=False)
     # preview of an upload: the photo and its reconstruction
-    view, recon, *_, status = c.predict(handle_file(str(photo)), api_name="/preview")
+    view, recon, refined, *_, status = c.predict(handle_file(str(photo)), "none", None, api_name="/preview")
     source = np.asarray(Image.open(photo).convert("RGB"))
     np.testing.assert_array_equal(np.asarray(Image.open(view).convert("RGB")), source)
     assert close(np.asarray(Image.open(recon).convert("RGB")), to_uint8(editor.render(editor.invert([source])))[0])
     # random_sample
-    img, _, kind, sample_files, *_, status = c.predict(7, 0.7, api_name="/random_sample")
+    img, _, _, kind, sample_files, *_, status = c.predict(7, 0.7, api_name="/random_sample")
     w = editor.sample(1, 7, 0.7)
     lat = [f for f in sample_files if f.endswith(".npy")][0]
     np.testing.assert_allclose(np.load(lat), w, atol=1e-5)
     assert kind == "random" and close(np.asarray(Image.open(img).convert("RGB")), to_uint8(editor.render(w))[0])
     # edit (random source) then re-render, scores and sweep on the same session
     prompts, s = ["Smiling", "Man aged 10"], 1.5
-    recon, gallery, compare, table, files, token, sweep_img, sweep_lat, status = c.predict(
-        "random", None, None, False, 7, 0.7, "\n".join(prompts), s, True, api_name="/edit")
+    recon, _, gallery, compare, table, files, token, sweep_img, sweep_lat, status = c.predict(
+        "random", None, None, False, 7, 0.7, "\n".join(prompts), s, True, "none", None, api_name="/edit")
     assert "Edited" in status, status
     r, want = expected_uint8(editor, w, prompts, s)
     lat = [f for f in files if f.endswith("edited_latents.npy")][0]
@@ -480,11 +513,12 @@ def test_api(server, editor, photo):
     # bad input: a message, then a good request works
     for prompts_, strength, message in (("", 1.0, "no prompt"), ("\n".join(f"p{i}" for i in range(9)), 1.0,
                                                                    "at most 8"), ("Bald", 5, "strength 5")):
-        *_, status = c.predict("random", None, None, False, 1, 0.7, prompts_, strength, True, api_name="/edit")
+        *_, status = c.predict("random", None, None, False, 1, 0.7, prompts_, strength, True, "none", None,
+                               api_name="/edit")
         assert message in status, status
     *_, status = c.predict(token, 7, api_name="/rerender")
     assert "strength 7: expected a number from -1 to 2" in status
-    *_, status = c.predict("random", None, None, False, 1, 0.7, "Bald", 1.0, True, api_name="/edit")
+    *_, status = c.predict("random", None, None, False, 1, 0.7, "Bald", 1.0, True, "none", None, api_name="/edit")
     assert "Edited" in status
 
 
@@ -498,12 +532,12 @@ def test_api_bad_files(server, tmp_path):
     np.save(tmp_path / "shape.npy", np.zeros((3, STYLE_DIM), np.float32))
     for name, expect in (("nan.npy", "NaN"), ("shape.npy", "expected float w+")):
         *_, status = c.predict("latents", None, handle_file(str(tmp_path / name)), False, 0, 0.7, "Bald", 1.0, True,
-                               api_name="/edit")
+                               "none", None, api_name="/edit")
         assert expect in status, status
     # a file path the client did not upload is refused by Gradio before the engine sees it
     forged = {"path": "/etc/passwd", "meta": {"_type": "gradio.FileData"}}
     try:
-        *_, status = c.predict("photo", forged, None, False, 0, 0.7, "Bald", 1.0, True, api_name="/edit")
+        *_, status = c.predict("photo", forged, None, False, 0, 0.7, "Bald", 1.0, True, "none", None, api_name="/edit")
     except Exception as e:  # gradio_client raises the server's refusal
         status = str(e)
     assert "root:" not in status and "Edited" not in status, status
@@ -525,7 +559,7 @@ def _burst(url, clients, per_client, base, results, errors):
                 seed = base + k * per_client + i
                 prompt = LOAD_PROMPTS[(k + i) % len(LOAD_PROMPTS)]
                 results[(seed, prompt)] = c.predict("random", None, None, False, seed, 0.7, prompt, 1.0, False,
-                                                    api_name="/edit")
+                                                    "none", None, api_name="/edit")
         except Exception as e:  # pragma: no cover - surfaced by the caller
             errors.append(repr(e))
 
@@ -550,10 +584,10 @@ def test_load(server, editor):
         assert "Edited" in out[-1], out[-1]
         w = editor.sample(1, seed, 0.7)
         r = editor.edit(w, [prompt], 1.0)
-        lat = [f for f in out[4] if f.endswith("edited_latents.npy")][0]
+        lat = [f for f in out[5] if f.endswith("edited_latents.npy")][0]
         np.testing.assert_allclose(np.load(lat), r.latents[:, :, 0], atol=1e-5, err_msg=str((seed, prompt)))
         if seed % 8 == 0:
-            got = np.asarray(Image.open(out[1][0]["image"]).convert("RGB"))
+            got = np.asarray(Image.open(out[2][0]["image"]).convert("RGB"))
             assert close(got, to_uint8(r.images)[0, 0, 0]), (seed, prompt)
     log = server["output"](1_000_000)
     sizes = [int(line.split("edit: ")[1].split()[0]) for line in log.splitlines() if "request(s)" in line]

@@ -245,6 +245,9 @@ def test_preview_and_random_sample(engine, editor, files):
     (dict(source="random", strength=float("nan")), r"^strength: expected finite numbers, got nan$"),
     (dict(source="random", strength="strong"), r"^strength 'strong': expected comma-separated numbers"),
     (dict(source="random", prompts="\n".join(f"p{i}" for i in range(9))), r"^9 prompts: at most 8 per edit$"),
+    (dict(photo="smallest", refine="SGD"), r"^refine 'SGD': expected one of none, W\+, PTI$"),
+    (dict(photo="smallest", refine="PTI", refine_steps=0), r"^refine steps 0: expected a number from 1 to 5000$"),
+    (dict(photo="smallest", refine="W+", refine_steps=2.5), r"^refine steps 2.5: expected an integer$"),
 ])
 def test_bad_requests_are_one_line_errors(engine, files, request_, message):
     paths, _ = files
@@ -373,3 +376,56 @@ def test_engine_on_8_devices_equals_1(editor, scorers):
     np.testing.assert_array_equal(re8.scores, re1.scores)
     sw1, sw8 = [e.sweep(a.frames.token, 1.5, 3) for e, a in zip(engines, (one, many))]
     np.testing.assert_array_equal(sw8.images, sw1.images)  # 3 frames: 1-device batch 2 padded, 8 devices 2 each
+
+
+@pytest.fixture(scope="module")
+def refine_editor(tmp_path_factory):
+    """The tiny default's networks (LPIPS included: the refine stage's) at test_studio's sizes."""
+    from test_studio import build_weights
+
+    d = tmp_path_factory.mktemp("refine")
+    return Editor.from_pretrained(build_weights(str(d)), batch_size=8, cache_dir=str(d / "cache"))
+
+
+@pytest.mark.slow
+def test_refined_photos_preview_edit_and_rerender_on_their_generator(refine_editor, tmp_path):
+    """The page's refine choice: W+ and PTI (2 steps) through `Editor.invert(refine=...)`; the preview shows e4e's
+    and the refined reconstruction; a PTI photo's edit, slider and sweep render on its tuned generator; the
+    preview's refinement serves the edit (kept per file, stage and steps). Expected values: the Editor's own
+    runners on the same rows (bit-equal: the same programs)."""
+    ed = refine_editor
+    image = to_uint8(ed.render(ed.sample(1, 11, 0.7)))[0]
+    photo = str(tmp_path / "face.png")
+    Image.fromarray(image).resize((64, 64), Image.BICUBIC).save(photo)
+    pixels = np.asarray(Image.open(photo).convert("RGB"))
+    engine = Engine(ed)
+    w_plus = engine.preview(photo, "W+", 2)
+    want = ed.invert([pixels], align=False, refine="w+", steps=2)
+    np.testing.assert_array_equal(w_plus.refined.w, want.w)
+    np.testing.assert_array_equal(w_plus.w, ed.invert([pixels], align=False))
+    np.testing.assert_array_equal(w_plus.refined_reconstruction, ed.render_rows(want.w)[0])
+    np.testing.assert_array_equal(w_plus.reconstruction, ed.render_rows(w_plus.w)[0])
+    assert w_plus.refined.generator_variables is None and w_plus.refined.steps == 2
+
+    pti = engine.preview(photo, "PTI", 2)
+    enc = ed.invert([pixels], align=False, refine="pti", steps=2)
+    tuned = Editor(generator=(ed.generator[0], ed.tuned_variables(enc.params, 0)), batch_size=ed.batch_size)
+    np.testing.assert_array_equal(pti.refined.w, enc.w)  # PTI's pivot: e4e's code
+    np.testing.assert_array_equal(pti.refined_reconstruction, tuned.render_rows(enc.w)[0])
+    assert not np.array_equal(pti.refined_reconstruction, pti.reconstruction)  # the tuned generator's own
+
+    kept = engine._refined[next(reversed(engine._refined))]
+    edit, plain = engine.edit_many([EditRequest(photo=photo, prompts="Bald", strength=0.5, refine="PTI",
+                                                refine_steps=2, scores=False),
+                                    EditRequest(photo=photo, prompts="Bald", strength=0.5, scores=False)])
+    entry = engine.entry(edit.frames.token)
+    assert entry.generator_variables is kept.generator_variables  # the preview's refinement, not a new one
+    np.testing.assert_array_equal(edit.source_latents, enc.w)
+    np.testing.assert_array_equal(edit.sources[0], tuned.render_rows(enc.w)[0])
+    np.testing.assert_array_equal(edit.frames.images[0, 0], tuned.render_rows(edit.frames.latents[0])[0])
+    assert engine.entry(plain.frames.token).generator_variables is None  # e4e's, on the shared generator
+    np.testing.assert_array_equal(plain.frames.images[0, 0], ed.render_rows(plain.frames.latents[0])[0])
+    frames = engine.rerender(edit.frames.token, 1.5)
+    np.testing.assert_array_equal(frames.images[0], tuned.render_rows(frames.latents[0], small=True))
+    sweep = engine.sweep(edit.frames.token, 1.5, 3)
+    np.testing.assert_array_equal(sweep.images, tuned.render_rows(sweep.latents))

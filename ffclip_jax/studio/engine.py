@@ -14,7 +14,10 @@ No Gradio, no threads, no files: `serving` runs it on its one device thread (so 
 writes what the page shows. The slider arithmetic: an edit at strength s is w_hat = w + s * delta (the mapper's own
 form), so a new strength needs only the generator. An entry's `generator_variables` (None: the Editor's generator)
 is where a per-photo tuned generator goes (inversion refinement, e.g. PTI): every re-render and sweep of the entry
-renders with it. Photos become w+ in `_sources` (the Editor's `invert`, its refiner slot included).
+renders with it. Photos become w+ in `_sources` (the Editor's `invert`); with a refine stage (`REFINE`: none, W+
+or PTI with a step count, the Editor's `invert(refine=...)`) a photo's refined code, and for PTI its tuned generator
+(the entry's `generator_variables`), are what the edit, the slider and the sweep use; a photo's refinement is kept
+per (file, stage, steps) (the last REFINED_KEPT), so the preview's refinement serves the edit that follows.
 """
 from __future__ import annotations
 
@@ -26,7 +29,7 @@ import os
 import sys
 import time
 import uuid
-from typing import Any, Callable, Dict, List, Optional, Sequence, Union
+from typing import Any, Callable, Dict, List, Optional, Sequence, Tuple, Union
 
 import jax
 import jax.numpy as jnp
@@ -49,6 +52,9 @@ SWEEP_FRAMES = 8
 SWEEP_FRAMES_RANGE = (2, 32)
 CACHE_ENTRIES = 64  # edits kept for the slider and the sweep
 SOURCES = ("photo", "latents", "random")
+REFINE = {"none": None, "W+": "w+", "PTI": "pti"}  # the page's choice: the Editor's refine stage
+REFINE_STEPS_RANGE = (1, 5000)
+REFINED_KEPT = 8  # refined photos kept (a PTI entry holds one tuned generator each)
 
 
 @dataclasses.dataclass
@@ -65,6 +71,8 @@ class EditRequest:
     prompts: Union[str, Sequence[str]] = ""
     strength: Any = 1.0
     scores: bool = True
+    refine: Any = "none"
+    refine_steps: Any = None
 
 
 @dataclasses.dataclass
@@ -117,12 +125,28 @@ class Sweep:
 
 
 @dataclasses.dataclass
+class Refined:
+    """A photo through the refine stage: its e4e code and the refined one (PTI: the pivot, e4e's) (1, L, D), the
+    tuned generator's variables (PTI; None: the Editor's), the stage ('w+' / 'pti'), its steps and its numbers
+    (`pipeline.REFINEMENT_FIELDS`, one value each)."""
+    e4e: np.ndarray
+    w: np.ndarray
+    generator_variables: Any
+    stage: str
+    steps: int
+    numbers: Dict[str, float]
+
+
+@dataclasses.dataclass
 class Preview:
-    """An uploaded photo as the encoder takes it (aligned with a predictor; (H, W, 3) uint8), its w+ (1, L, D) and
-    its reconstruction (H', W', 3) float in [-1, 1]."""
+    """An uploaded photo as the encoder takes it (aligned with a predictor; (H, W, 3) uint8), its e4e w+ (1, L, D)
+    and its reconstruction (H', W', 3) float in [-1, 1]; with a refine stage its `Refined` and the refined
+    reconstruction (on the tuned generator for PTI) beside e4e's."""
     photo: np.ndarray
     w: np.ndarray
     reconstruction: np.ndarray
+    refined: Optional[Refined] = None
+    refined_reconstruction: Optional[np.ndarray] = None
 
 
 @dataclasses.dataclass
@@ -175,8 +199,11 @@ class _Job:
     prompts: List[str]
     strength: float
     scores: bool
+    refine: Optional[Tuple[str, Optional[int]]] = None
+    photo: Any = None
     w: Optional[np.ndarray] = None
     e: Optional[np.ndarray] = None
+    generator_variables: Any = None
 
 
 class Engine:
@@ -196,6 +223,7 @@ class Engine:
         self.on_drop = on_drop
         self._cache: "collections.OrderedDict[str, Entry]" = collections.OrderedDict()
         self._shown: Optional[Frames] = None  # the last re-render's frames (for `rescore`)
+        self._refined: "collections.OrderedDict[tuple, Refined]" = collections.OrderedDict()
 
     @classmethod
     def for_editor(cls, editor: Editor, *, scores: bool = True, **kwargs) -> "Engine":
@@ -290,7 +318,42 @@ class Engine:
             value = (self.seed(req.seed), number(req.truncation, TRUNCATION_RANGE, "truncation"))
         else:
             raise InputError(f"unknown source {kind!r}: expected one of {', '.join(SOURCES)}")
-        return _Job(kind, value, prompts, strength, bool(req.scores))
+        refine = self.refine_choice(req.refine, req.refine_steps) if kind == "photo" else None
+        return _Job(kind, value, prompts, strength, bool(req.scores), refine, req.photo)
+
+    @staticmethod
+    def refine_choice(refine, steps) -> Optional[Tuple[str, Optional[int]]]:
+        """(the Editor's stage, steps or None: the stage's default) of the page's choice; None: no refinement."""
+        choice = "none" if refine in (None, "") else refine
+        if choice not in REFINE:
+            raise InputError(f"refine {choice!r}: expected one of {', '.join(REFINE)}")
+        if REFINE[choice] is None:
+            return None
+        if steps in (None, ""):
+            return REFINE[choice], None
+        n = number(steps, REFINE_STEPS_RANGE, "refine steps")
+        if not float(n).is_integer():
+            raise InputError(f"refine steps {n:g}: expected an integer")
+        return REFINE[choice], int(n)
+
+    def refined(self, photo, image: np.ndarray, refine: Tuple[str, Optional[int]]) -> Refined:
+        """A photo through the refine stage (`Editor.invert(refine=...)`), kept per (file, stage, steps)."""
+        path, _ = file_of(photo, "no photo uploaded")
+        stat = os.stat(path)
+        key = (os.path.abspath(path), stat.st_mtime_ns, stat.st_size) + tuple(refine)
+        if key in self._refined:
+            self._refined.move_to_end(key)
+            return self._refined[key]
+        stage, steps = refine
+        e4e = self.editor.invert([image], align=False)  # `read_photo` aligned it
+        enc = self.editor.invert([image], align=False, refine=stage, steps=steps)
+        variables = None if enc.params is None else self.editor.tuned_variables(enc.params, 0)
+        numbers = {k: float(v[0]) for k, v in enc.refinement.items()}
+        done = Refined(e4e, enc.w, variables, stage, int(numbers["steps"]), numbers)
+        self._refined[key] = done
+        while len(self._refined) > REFINED_KEPT:
+            self._refined.popitem(last=False)
+        return done
 
     @staticmethod
     def seed(value) -> int:
@@ -321,20 +384,31 @@ class Engine:
     def _editor_of(self, entry: Entry) -> Editor:
         """The Editor that renders an entry: the shared one, or a copy holding the entry's own generator (placed on
         the Editor's devices once, so its re-renders run on the same sharded runners)."""
-        if entry.generator_variables is None:
+        if entry.generator_variables is not None:
+            entry.generator_variables = self.editor.place(entry.generator_variables)
+        return self._renderer(entry.generator_variables)
+
+    def _renderer(self, generator_variables) -> Editor:
+        """The shared Editor (None), or a copy of it rendering with these generator variables."""
+        if generator_variables is None:
             return self.editor
-        entry.generator_variables = self.editor.place(entry.generator_variables)
         editor = copy.copy(self.editor)
-        editor.generator = (self.editor.generator[0], entry.generator_variables)
+        editor.generator = (self.editor.generator[0], self.editor.place(generator_variables))
         return editor
 
     # ---- the page's actions ----------------------------------------------------------------------------------
 
-    def preview(self, photo) -> Preview:
-        """An uploaded photo, its w+ and its reconstruction (what the page shows on upload, before any edit)."""
+    def preview(self, photo, refine="none", steps=None) -> Preview:
+        """An uploaded photo, its w+ and its reconstruction (what the page shows on upload, before any edit); with a
+        refine stage also the refined code and its reconstruction (PTI: on the photo's tuned generator)."""
+        choice = self.refine_choice(refine, steps)
         image = self.read_photo(photo)
-        w = self.editor.invert([image], align=False)  # `read_photo` aligned it
-        return Preview(image, w, self.editor.render_rows(w)[0])
+        if choice is None:
+            w = self.editor.invert([image], align=False)  # `read_photo` aligned it
+            return Preview(image, w, self.editor.render_rows(w)[0])
+        r = self.refined(photo, image, choice)
+        recon, refined = self.editor.render_rows(r.e4e)[0], self._renderer(r.generator_variables).render_rows(r.w)[0]
+        return Preview(image, r.e4e, recon, r, refined)
 
     def random_sample(self, seed, truncation) -> Sample:
         """A random w+ (`Editor.sample_rows`: z of PRNGKey(seed), truncated) and its image."""
@@ -343,9 +417,14 @@ class Engine:
         return Sample(seed, truncation, w, self.editor.render_rows(w)[0])
 
     def _sources(self, jobs: List[_Job]) -> None:
-        """Each job's w (N, L, D): photos through one `Editor.invert` call (e4e, then the refiner slot), random
-        sources through one `sample_rows` call, latents as uploaded."""
-        photos = [j for j in jobs if j.kind == "photo"]
+        """Each job's w (N, L, D): photos through one `Editor.invert` call (e4e; a photo with a refine stage through
+        `refined`, with its tuned generator for PTI), random sources through one `sample_rows` call, latents as
+        uploaded."""
+        for j in jobs:
+            if j.kind == "photo" and j.refine is not None:
+                r = self.refined(j.photo, j.value, j.refine)
+                j.w, j.generator_variables = r.w, r.generator_variables
+        photos = [j for j in jobs if j.kind == "photo" and j.refine is None]
         if photos:
             codes = self.editor.invert([j.value for j in photos], align=False)  # `read_photo` aligned them
             for j, c in zip(photos, codes):
@@ -389,7 +468,8 @@ class Engine:
 
     def _edit_jobs(self, jobs: List[_Job]) -> List[Edit]:
         """Rows (job, source, prompt) at the job's strength and at 1 (delta) through one mapper call; sources and
-        edits through one generator call; the scores of the jobs that want them in one scoring call."""
+        edits through one generator call (a PTI photo's on its tuned generator); the scores of the jobs that want
+        them in one scoring call."""
         ed = self.editor
         rows_w, rows_e, rows_s = [], [], []
         for j in jobs:
@@ -406,18 +486,31 @@ class Engine:
             edited.append(mapped[pos:pos + m])
             deltas.append(mapped[pos + m:pos + 2 * m] - w_all[pos:pos + m])
             pos += 2 * m
-        sources = np.concatenate([j.w for j in jobs])
         t0 = time.perf_counter()
-        rendered = ed.render_rows(np.concatenate([sources] + edited))
+        shared = [i for i, j in enumerate(jobs) if j.generator_variables is None]
+        recon_of, x_hat_of = {}, {}
+        if shared:  # the sources and edits of every job on the shared generator: one generator call
+            rendered = ed.render_rows(np.concatenate([jobs[i].w for i in shared] + [edited[i] for i in shared]))
+            r0, e0 = 0, sum(len(jobs[i].w) for i in shared)
+            for i in shared:
+                n, m = len(jobs[i].w), len(edited[i])
+                recon_of[i], x_hat_of[i] = rendered[r0:r0 + n], rendered[e0:e0 + m]
+                r0, e0 = r0 + n, e0 + m
+        for i, j in enumerate(jobs):  # a photo's tuned generator (PTI) renders its own rows
+            if j.generator_variables is not None:
+                own = self._renderer(j.generator_variables).render_rows(np.concatenate([j.w, edited[i]]))
+                recon_of[i], x_hat_of[i] = own[:len(j.w)], own[len(j.w):]
         seconds = time.perf_counter() - t0
-        recon, x_hat = rendered[:len(sources)], rendered[len(sources):]
+        recon = np.concatenate([recon_of[i] for i in range(len(jobs))])
+        x_hat = np.concatenate([x_hat_of[i] for i in range(len(jobs))])
         scored_jobs = [j.scores and bool(self.score_names) for j in jobs]
         source_features = self.features(recon) if any(scored_jobs) else None
         out, entries, a, b = [], [], 0, 0
         for j, w_hat, delta, scored in zip(jobs, edited, deltas, scored_jobs):
             n, k = len(j.w), len(j.prompts)
             features = jax.tree.map(lambda f: f[a:a + n], source_features) if scored else None
-            entry = Entry(j.w, delta.reshape((n, k) + j.w.shape[1:]), j.prompts, j.e, features, j.kind)
+            entry = Entry(j.w, delta.reshape((n, k) + j.w.shape[1:]), j.prompts, j.e, features, j.kind,
+                          j.generator_variables)
             images = x_hat[b:b + n * k]
             frames = Frames(self._put(entry), j.prompts, j.strength, images.reshape((n, k) + images.shape[1:]),
                             w_hat.reshape((n, k) + j.w.shape[1:]), None, seconds)

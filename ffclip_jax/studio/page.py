@@ -1,13 +1,16 @@
 """The studio's page: the Gradio layout and its callbacks, on a `serving.Studio`. One screen (1400x1000): the inputs
-on the left (source, prompts, strength, Edit), on the right the photo as the encoder takes it and its reconstruction
-(shown on upload), the before/after slider, the gallery of edits captioned "prompt · strength", the scores at the
-strength shown (recomputed when the slider moves) and the strength sweep. Small images are scaled up for display
-with nearest-neighbour pixels (CSS image-rendering: pixelated); downloads keep the real size.
+on the left (source, the refine choice for photos, prompts, strength, Edit), on the right the photo as the encoder
+takes it and its reconstruction (shown on upload; with a refine stage, none / W+ / PTI with a step count, the
+refined reconstruction beside e4e's, a "Refining ..." line while it runs), the before/after slider, the gallery of
+edits captioned "prompt · strength", the scores at the strength shown (recomputed when the slider moves) and the
+strength sweep. Small images are scaled up for display with nearest-neighbour pixels (CSS image-rendering:
+pixelated); downloads keep the real size.
 
-Named API endpoints (gradio_client): /edit, /rerender, /sweep, /random_sample, /preview. The device callbacks take
-the raw values (preprocess=False): every value, an out-of-range strength typed in the box included, is checked by
-the engine and answered in the page; uploaded files still go through Gradio's upload-folder check. After an error the
-results of the refused request are cleared; a refused re-render says at which strength the edits shown are.
+Named API endpoints (gradio_client): /edit, /rerender, /scores, /sweep, /random_sample, /preview. The device
+callbacks take the raw values (preprocess=False): every value, an out-of-range strength typed in the box included,
+is checked by the engine and answered in the page; uploaded files still go through Gradio's upload-folder check.
+After an error the results of the refused request are cleared; a refused re-render says at which strength the edits
+shown are.
 """
 from __future__ import annotations
 
@@ -15,13 +18,14 @@ from typing import Dict, List, Optional
 
 from ffclip_jax.errors import FFCLIPError, InputError
 from ffclip_jax.grid import to_uint8
-from ffclip_jax.studio.engine import (MAX_PROMPTS, MAX_SOURCES, SOURCES, STRENGTH_RANGE, SWEEP_FRAMES,
-                                      SWEEP_FRAMES_RANGE, TRUNCATION_RANGE, EditRequest, number)
+from ffclip_jax.studio.engine import (MAX_PROMPTS, MAX_SOURCES, REFINE, SOURCES, STRENGTH_RANGE, SWEEP_FRAMES,
+                                      SWEEP_FRAMES_RANGE, TRUNCATION_RANGE, EditRequest, Engine, number)
 from ffclip_jax.studio.serving import Shown, Studio
 
 MAX_FILE_SIZE = "20mb"  # Gradio's upload limit (the engine checks engine.MAX_FILE_BYTES too)
 IMAGE_HEIGHT = 220  # px of the photo, reconstruction, before/after and sweep boxes
-EDIT_INPUTS = ("source", "photo", "latents", "all_rows", "seed", "truncation", "prompts", "strength", "scores")
+EDIT_INPUTS = ("source", "photo", "latents", "all_rows", "seed", "truncation", "prompts", "strength", "scores",
+               "refine", "refine_steps")
 STRENGTH_INFO = ("1 is upstream FFCLIP, 0 the reconstruction, above 1 exaggerates, below 0 pushes away from the "
                  "text; moving it re-renders with the generator only")
 CSS = """
@@ -88,17 +92,21 @@ def build_app(studio: Studio, *, batching: bool = True, max_batch_size: Optional
     # cleared results: gallery, before/after, scores, downloads, token, sweep, sweep latents
     cleared = ([], None, [], None, "", None, None)
 
-    def edit_outputs(answer):
-        if isinstance(answer, FFCLIPError):  # the source's reconstruction stays (its upload's, or the last edit's)
-            return (gr.skip(),) + cleared + (message(str(answer), True),)
+    def edit_outputs(answer, request):
+        if isinstance(answer, FFCLIPError):  # the source's reconstructions stay (its upload's, or the last edit's)
+            return (gr.skip(), gr.skip()) + cleared + (message(str(answer), True),)
         f = answer.files
-        return (f.sources[0], gallery_items(answer), (f.sources[0], f.images[0][0]), table_rows(answer.frames),
-                f.downloads, answer.frames.token, None, None,
-                f"Edited {len(gallery_items(answer))} image(s) at strength {answer.frames.strength:g}.")
+        refined = request.source == "photo" and request.refine not in (None, "", "none")
+        # a refined photo's edits start from the refined reconstruction: it is shown beside e4e's
+        recons = (gr.skip(), f.sources[0]) if refined else (f.sources[0], None)
+        return recons + (gallery_items(answer), (f.sources[0], f.images[0][0]), table_rows(answer.frames),
+                         f.downloads, answer.frames.token, None, None,
+                         f"Edited {len(gallery_items(answer))} image(s) at strength {answer.frames.strength:g}"
+                         + (f" from the {request.refine} reconstruction." if refined else "."))
 
     def edit_batch(*columns):
         requests = [EditRequest(**dict(zip(EDIT_INPUTS, row))) for row in zip(*columns)]
-        outs = [edit_outputs(a) for a in studio.edit_many(requests)]
+        outs = [edit_outputs(a, r) for a, r in zip(studio.edit_many(requests), requests)]
         return [list(col) for col in zip(*outs)]
 
     def edit_single(*values):
@@ -138,21 +146,42 @@ def build_app(studio: Studio, *, batching: bool = True, max_batch_size: Optional
         try:
             sample, png, latents = studio.random_sample(seed, truncation)
         except FFCLIPError as e:
-            return (None, None, gr.skip(), None) + cleared + (message(str(e), True),)
-        return ((png, png, "random", [png, latents]) + cleared +
+            return (None, None, None, gr.skip(), None) + cleared + (message(str(e), True),)
+        return ((png, png, None, "random", [png, latents]) + cleared +
                 (f"Random sample: seed {sample.seed}, truncation {sample.truncation:g}. Press Edit.",))
 
-    def preview(photo):
+    def preview(photo, refine="none", steps=None):
+        """The upload's photo, e4e's reconstruction and, with a refine stage, the refined one (a generator: a
+        "Refining ..." line first, the page's progress indication while the refinement runs)."""
         if not photo:
-            return (None, None) + cleared + ("",)
+            yield (None, None, None) + cleared + ("",)
+            return
         try:
-            p = studio.preview(photo)
+            choice = Engine.refine_choice(refine, steps)
+            if choice is not None:
+                yield ((gr.skip(),) * 3 + cleared +
+                       (f"Refining the photo with {refine} ({choice[1] or 'default'} steps) ...",))
+            p = studio.preview(photo, refine, steps)
         except FFCLIPError as e:
-            return (None, None) + cleared + (message(str(e), True),)
+            yield (None, None, None) + cleared + (message(str(e), True),)
+            return
         h, w = p.photo.shape[:2]
-        return ((p.photo, to_uint8(p.reconstruction)) + cleared +
-                (f"Photo {w}x{h}{' (aligned)' if engine.editor.predictor is not None else ''}: its reconstruction "
-                 f"through e4e and the generator is on the right.",))
+        text = (f"Photo {w}x{h}{' (aligned)' if engine.editor.predictor is not None else ''}: its reconstruction "
+                f"through e4e and the generator is on the right.")
+        refined = None
+        if p.refined is not None:
+            r = p.refined
+            refined = to_uint8(p.refined_reconstruction)
+            text += (f" Refined with {refine} ({r.steps} steps): LPIPS {r.numbers['lpips_start']:.4f} -> "
+                     f"{r.numbers['lpips']:.4f}; edits start from the refined reconstruction.")
+        yield (p.photo, to_uint8(p.reconstruction), refined) + cleared + (text,)
+
+    def re_preview(photo, refine, steps):
+        """The refine choice changed: the upload previewed again with it (nothing without an upload)."""
+        if not photo:
+            yield (gr.skip(),) * (3 + len(cleared) + 1)
+            return
+        yield from preview(photo, refine, steps)
 
     def show_source(kind):
         return [gr.update(visible=kind == k) for k in SOURCES]
@@ -177,6 +206,11 @@ def build_app(studio: Studio, *, batching: bool = True, max_batch_size: Optional
                     photo = gr.File(label="photo: an aligned face" + (
                         ", or any photo (it is aligned first)" if engine.editor.predictor is not None else ""),
                         file_types=["image"], type="filepath", elem_id="photo", height=110)
+                    with gr.Row():
+                        refine = gr.Radio(list(REFINE), value="none", label="refine the inversion",
+                                          elem_id="refine", min_width=160, scale=2)
+                        refine_steps = gr.Number(label="steps (empty: the stage's default)", value=None,
+                                                 precision=0, elem_id="refine-steps", min_width=100, scale=1)
                 with gr.Group(visible=False) as latents_box:
                     latents = gr.File(label="w+ latents (.npy, (L, D) or (N, L, D))", file_types=[".npy"],
                                       type="filepath", elem_id="latents", height=110)
@@ -212,6 +246,8 @@ def build_app(studio: Studio, *, batching: bool = True, max_batch_size: Optional
                                           elem_id="photo-view", format="png",
                                           **dict(image, type="numpy"))
                     recon = gr.Image(label="reconstruction", elem_id="recon", format="png", **image)
+                    refined_view = gr.Image(label="refined reconstruction", elem_id="refined", format="png",
+                                            **image)
                     compare = gr.ImageSlider(label="before / after", type="filepath", elem_id="compare",
                                              height=IMAGE_HEIGHT, elem_classes=["pixelated", "scaled"], **buttons)
                     sweep_img = gr.Image(label="sweep 0 to the strength", elem_id="sweep", **image)
@@ -229,8 +265,9 @@ def build_app(studio: Studio, *, batching: bool = True, max_batch_size: Optional
                                                   size="sm")
 
         results = [gallery, compare, table, files, token, sweep_img, sweep_lat]
-        edit_inputs = [source, photo, latents, all_rows, seed, truncation, prompts, strength, with_scores]
-        edit_outputs_ = [recon] + results + [status]
+        edit_inputs = [source, photo, latents, all_rows, seed, truncation, prompts, strength, with_scores, refine,
+                       refine_steps]
+        edit_outputs_ = [recon, refined_view] + results + [status]
         if batching:
             edit_btn.click(edit_batch, edit_inputs, edit_outputs_, api_name="edit", batch=True,
                            max_batch_size=max_batch, **device)
@@ -240,10 +277,14 @@ def build_app(studio: Studio, *, batching: bool = True, max_batch_size: Optional
                         trigger_mode="always_last", show_progress="hidden", **device).then(
             rescore, [token, strength], [table], api_name="scores", show_progress="hidden", **device)
         sweep_btn.click(sweep, [token, strength, frames], [sweep_img, sweep_lat, status], api_name="sweep", **device)
-        sample_btn.click(random_sample, [seed, truncation], [photo_view, recon, source, sample_files] + results
-                         + [status], api_name="random_sample", **device)
-        photo.upload(preview, [photo], [photo_view, recon] + results + [status], api_name="preview", **device)
-        photo.clear(preview, [photo], [photo_view, recon] + results + [status], **private)
+        sample_btn.click(random_sample, [seed, truncation], [photo_view, recon, refined_view, source, sample_files]
+                         + results + [status], api_name="random_sample", **device)
+        previews = [photo_view, recon, refined_view] + results + [status]
+        photo.upload(preview, [photo, refine, refine_steps], previews, api_name="preview", **device)
+        refine.change(re_preview, [photo, refine, refine_steps], previews, **dict(device, api_visibility="private"))
+        refine_steps.submit(re_preview, [photo, refine, refine_steps], previews,
+                            **dict(device, api_visibility="private"))
+        photo.clear(preview, [photo], previews, **private)
         source.change(show_source, [source], [photo_box, latents_box, random_box], **private)
         examples.click(add_prompt, [prompts, examples], prompts, **private)
     app.studio = studio

@@ -108,5 +108,5 @@ class Studio:
         sample = self.engine.random_sample(seed, truncation)
         return (sample,) + self.files.write_sample(sample)
 
-    def preview(self, photo) -> Preview:
-        return self.on_device(self.engine.preview, photo)
+    def preview(self, photo, refine="none", steps=None) -> Preview:
+        return self.on_device(self.engine.preview, photo, refine, steps)
