@@ -120,7 +120,7 @@ def invert_jobs(dev, s, work):
             "--iters", s["gen_iters"], "--torch-device", dev["torch"], "--refine-steps", 2]
     every = dev["count"] > 1
     ones = ["torch", "jax:1"] + (["jax:all"] if every else []) + [
-        f"{stage}:{n}" for stage in ("w+", "pti") for n in ("1",) + (("all",) if every else ())]
+        f"jax:{n}:{stage}" for stage in ("w+", "pti") for n in ("1",) + (("all",) if every else ())]
     return [Job(f"invert/{one.replace(':', '/')}", "bench/invert.py", base + ["--one", one], s["gen_timeout"],
                 priority=3) for one in ones]
 
@@ -352,7 +352,7 @@ def invert_table_rows(results, dev, s):
         scale["status"] = _why(every, True) if scale["ratio"] is None else f"{scale['ratio'] / n:.0%} of ideal"
     out = [row, scale]
     for stage, name in (("w+", "W+"), ("pti", "PTI")):
-        r1, rn = results.get(f"invert/{stage}/1"), results.get(f"invert/{stage}/all")
+        r1, rn = results.get(f"invert/jax/1/{stage}"), results.get(f"invert/jax/all/{stage}")
         steps = r1.get("refine_steps") if _ok(r1) else None
         rset = f"{s['size']} px, batch {s['gen_batch']}/device, {steps or 2} steps a call (images/s at those steps)"
         one_row = dict(benchmark=f"{name} refinement, 1 device", setting=rset,

@@ -11,7 +11,7 @@ Each (framework, devices) runs in its own process (`--one jax:1`, `--one jax:all
 both frameworks); each fills its own random weights of the same shapes (timing does not depend on their values).
 The refinement stages run as `ffclip invert --refine` runs them (`Editor.refine_rows`: W+ with LPIPS-VGG, PTI with
 LPIPS-alex, upstream's settings but --refine-steps steps and no early stop), on one device and on every local device
-(`--one w+:1`, `w+:all`, `pti:1`, `pti:all`): images/s of refining --batch photos per device by --refine-steps steps,
+(`--one jax:1:w+`, `jax:all:w+`, `jax:1:pti`, `jax:all:pti`): images/s of refining --batch photos per device by --refine-steps steps,
 timed on a second call (the first compiles), and image-steps/s; the PyTorch refinement loops are bench/refine.py's.
 Their estimate scales the per-device rate to upstream's step counts (W+ 1000, PTI 350). On CPU, 'every local
 device' is one device: XLA already spreads it over the cores, and simulated CPU devices (XLA_FLAGS) share those
@@ -120,13 +120,14 @@ REFINE_STEPS = {"w+": 1000, "pti": 350}  # upstream's step counts (ffclip_jax.re
 
 def run_one(one, size, input_size, batch, iters, device, build_only=False, refine_steps=2):
     t0 = time.perf_counter()
-    stage = one.split(":")[0]
+    parts = one.split(":")  # torch | jax:DEVICES | jax:DEVICES:STAGE
+    stage = parts[2] if len(parts) > 2 else "e4e"
     if one == "torch":
         out, rows, count = run_torch(size, input_size, batch, iters, device, build_only), batch, 1
     elif stage in REFINE_STEPS:
-        out, rows, count = run_refine(stage, size, batch, refine_steps, iters, one.split(":")[1], build_only)
+        out, rows, count = run_refine(stage, size, batch, refine_steps, iters, parts[1], build_only)
     else:
-        out, rows, count = run_jax(size, input_size, batch, iters, one.split(":")[1], build_only)
+        out, rows, count = run_jax(size, input_size, batch, iters, parts[1], build_only)
     fields = dict(stage=stage, refine_steps=refine_steps) if stage in REFINE_STEPS else dict(stage="e4e",
                                                                                               input_size=input_size)
     r = common.measurement(out, t0, rows, iters, framework="torch" if one == "torch" else "jax", devices=count,
@@ -152,7 +153,7 @@ def main():
     ap.add_argument("--torch-device", default=common.default_torch_device())
     ap.add_argument("--json", default=os.path.join(common.ROOT, "bench", "results", "invert.json"))
     ap.add_argument("--build-only", action="store_true", help="build and trace every configuration, time nothing")
-    ap.add_argument("--one", help=argparse.SUPPRESS)  # internal: jax:1 | jax:all | torch | w+:1 ..., as JSON
+    ap.add_argument("--one", help=argparse.SUPPRESS)  # internal: torch | jax:1 | jax:all | jax:1:w+ ..., as JSON
     args = ap.parse_args()
     if args.one:
         print(json.dumps(run_one(args.one, args.size, args.input_size, args.batch, args.iters, args.torch_device,
@@ -161,7 +162,7 @@ def main():
     results = []
     stages = args.stages.split(",")
     ones = (["torch", "jax:1", "jax:all"] if "e4e" in stages else []) + [
-        f"{stage}:{n}" for stage in REFINE_STEPS if stage in stages for n in ("1", "all")]
+        f"jax:{n}:{stage}" for stage in REFINE_STEPS if stage in stages for n in ("1", "all")]
     for one in ones:
         try:
             r = common.run_child(__file__, ["--size", args.size, "--input-size", args.input_size, "--batch",
@@ -173,7 +174,7 @@ def main():
             continue
         results.append(r)
         if not args.build_only:
-            print(f"  {one:8s} {r['devices']} device(s) {r['images_per_s']:8.3f} img/s "
+            print(f"  {one:11s} {r['devices']} device(s) {r['images_per_s']:8.3f} img/s "
                   f"({r['images_per_s_per_device']:.3f} per device), peak {r['peak_bytes'] / 2**20:.0f} MiB",
                   flush=True)
     if args.build_only:
