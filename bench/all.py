@@ -117,10 +117,13 @@ def refine_jobs(dev, s, work):
 
 def invert_jobs(dev, s, work):
     """e4e inversion through the Editor on one device and on every local device (where there is more than one),
-    the PyTorch e4e on one; the generator's size sets the styles, the input is e4e's 256 px (64 px with --tiny)."""
+    the PyTorch e4e on one; the generator's size sets the styles, the input is e4e's 256 px (64 px with --tiny);
+    the refinement stages (W+, PTI: 2 steps a call) likewise on one device and on every local device."""
     base = ["--size", s["size"], "--input-size", 64 if s["size"] < 256 else 256, "--batch", s["gen_batch"],
-            "--iters", s["gen_iters"], "--torch-device", dev["torch"]]
-    ones = ["torch", "jax:1"] + (["jax:all"] if dev["count"] > 1 else [])
+            "--iters", s["gen_iters"], "--torch-device", dev["torch"], "--refine-steps", 2]
+    every = dev["count"] > 1
+    ones = ["torch", "jax:1"] + (["jax:all"] if every else []) + [
+        f"jax:{n}:{stage}" for stage in ("w+", "pti") for n in ("1",) + (("all",) if every else ())]
     return [Job(f"invert/{one.replace(':', '/')}", "bench/invert.py", base + ["--one", one], s["gen_timeout"],
                 priority=3) for one in ones]
 
@@ -332,7 +335,7 @@ def rows(results, dev, s):
 
 def invert_table_rows(results, dev, s):
     """e4e inversion: JAX on one device against PyTorch; every local device against one (the scaling, ideal = the
-    device count); the refinement stages' row until they are on main."""
+    device count); the refinement stages' images/s likewise (bench/refine.py has them against PyTorch)."""
     one, torch_r, every = (results.get(f"invert/{k}") for k in ("jax/1", "torch", "jax/all"))
     setting = f"{s['size']} px generator (e4e input 256), batch {s['gen_batch']}/device"
     row = dict(benchmark="e4e inversion, 1 device", setting=setting, jax=one["images_per_s"] if _ok(one) else None,
@@ -349,9 +352,26 @@ def invert_table_rows(results, dev, s):
         scale["status"] = "not measured (one device: simulated CPU devices share its cores, README)"
     else:
         scale["status"] = _why(every, True) if scale["ratio"] is None else f"{scale['ratio'] / n:.0%} of ideal"
-    refine = dict(benchmark="refinement (W+, PTI) images/s", setting="-", jax=None, torch=None, ratio=None,
-                  peak=None, target="-", status="not measured (the refinement stage is not on main yet)")
-    return [row, scale, refine]
+    out = [row, scale]
+    for stage, name in (("w+", "W+"), ("pti", "PTI")):
+        r1, rn = results.get(f"invert/jax/1/{stage}"), results.get(f"invert/jax/all/{stage}")
+        steps = r1.get("refine_steps") if _ok(r1) else None
+        rset = f"{s['size']} px, batch {s['gen_batch']}/device, {steps or 2} steps a call (images/s at those steps)"
+        one_row = dict(benchmark=f"{name} refinement, 1 device", setting=rset,
+                       jax=r1["images_per_s"] if _ok(r1) else None, torch=None, ratio=None,
+                       peak=r1["peak_bytes"] if _ok(r1) else None, target="-",
+                       status="-" if _ok(r1) else _why(r1, True))
+        all_row = dict(benchmark=f"{name} refinement, all {n} local devices", setting=rset + " (ratio: vs 1 device)",
+                       jax=rn["images_per_s"] if _ok(rn) else None, torch=None,
+                       peak=rn["peak_bytes"] if _ok(rn) else None, target=f"ideal {n}x")
+        all_row["ratio"] = all_row["jax"] / one_row["jax"] if all_row["jax"] and one_row["jax"] else None
+        if n == 1:
+            all_row["status"] = "not measured (one device: simulated CPU devices share its cores, README)"
+        else:
+            all_row["status"] = (_why(rn, True) if all_row["ratio"] is None
+                                 else f"{all_row['ratio'] / n:.0%} of ideal")
+        out += [one_row, all_row]
+    return out
 
 
 def whole_row(r, name, setting, target, accel, pending=None):

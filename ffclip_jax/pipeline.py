@@ -210,7 +210,10 @@ class Editor:
         devices, frozen: see the class."""
         weights = resolve(directory).with_overrides(e4e=e4e, clip=clip, generator=generator)
         if lpips:
-            weights = weights.with_overrides(**{pretrained.read_meta(lpips)["model"]: lpips})
+            model = pretrained.read_meta(lpips)["model"]
+            if model not in ("lpips_alex", "lpips_vgg"):
+                raise CheckpointError(f"--lpips {lpips}: holds a {model!r} model, expected an LPIPS network")
+            weights = weights.with_overrides(**{model: lpips})
         tool_devices(devices)  # a bad count fails before any network is loaded
         predictor = _predictor(align)
         nets = {name: pretrained.load(weights.path(name)) for name in networks if weights.has(name)}

@@ -128,6 +128,9 @@ def build_from_photos(data_dir: str, domain: str, folder: str, editor, *, align:
     """Build (or resume, or recognise as built) the dataset of the photos under `folder` (module docstring); returns
     `describe` of it with "skipped" [(file, reason)] and "resumed_parts", on process 0 (None on the others).
     editor: an `ffclip_jax.pipeline.Editor` with an encoder (and the predictor of `align`)."""
+    if refine is not None and refine.stage != "w+":
+        raise ConfigError(f"data build --refine {refine.stage}: the dataset holds codes, and PTI keeps e4e's (it tunes a "
+                          f"generator per photo); use --refine w+")
     folder = os.path.abspath(folder)
     names, splits, rule = split_photos(folder, train_list=train_list, test_list=test_list,
                                        test_fraction=test_fraction, seed=seed)
@@ -135,9 +138,6 @@ def build_from_photos(data_dir: str, domain: str, folder: str, editor, *, align:
                                                                                       editor.latent_shape)):
         raise ConfigError(f"domain {domain} expects w+ {tuple(latent_shape)} but the encoder predicts "
                           f"{editor.latent_shape}; use --domain custom (or --n-latent) for other generators")
-    if refine is not None and refine.stage != "w+":
-        raise ConfigError(f"data build --refine {refine.stage}: the dataset holds codes, and PTI keeps e4e's (it tunes a "
-                          f"generator per photo); use --refine w+")
     plan = dict(encode_plan(editor, "data build", align, refine, resize=resize), domain=domain, images=folder, split=rule,
                 splits=splits)
     target = dataset_dir(data_dir, domain)
