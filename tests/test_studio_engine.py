@@ -246,7 +246,7 @@ def test_preview_and_random_sample(engine, editor, files):
     (dict(source="random", strength="strong"), r"^strength 'strong': expected comma-separated numbers"),
     (dict(source="random", prompts="\n".join(f"p{i}" for i in range(9))), r"^9 prompts: at most 8 per edit$"),
     (dict(photo="smallest", refine="SGD"), r"^refine 'SGD': expected one of none, W\+, PTI$"),
-    (dict(photo="smallest", refine="PTI", refine_steps=0), r"^refine steps 0: expected a number from 1 to 5000$"),
+    (dict(photo="smallest", refine="PTI", refine_steps=-3), r"^refine steps -3: expected a number from 0 to 5000$"),
     (dict(photo="smallest", refine="W+", refine_steps=2.5), r"^refine steps 2.5: expected an integer$"),
 ])
 def test_bad_requests_are_one_line_errors(engine, files, request_, message):
@@ -283,6 +283,13 @@ def test_cache_drops_the_least_recently_used_edit(editor):
         engine.rerender(tokens[1], 1.0)
     assert engine.score_names == []  # no scoring networks
     assert engine.edit_many([EditRequest(source="random", prompts="Bald")])[0].frames.scores is None
+
+
+def test_refine_choice():
+    """The page's choice -> the Editor's stage and steps (0 or no value: the stage's default)."""
+    assert Engine.refine_choice("none", 5) is None and Engine.refine_choice(None, None) is None
+    assert Engine.refine_choice("PTI", 0) == Engine.refine_choice("PTI", "") == ("pti", None)
+    assert Engine.refine_choice("W+", 2.0) == ("w+", 2)
 
 
 def test_domain_prompts_each_once():

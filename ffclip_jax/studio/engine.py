@@ -53,7 +53,7 @@ SWEEP_FRAMES_RANGE = (2, 32)
 CACHE_ENTRIES = 64  # edits kept for the slider and the sweep
 SOURCES = ("photo", "latents", "random")
 REFINE = {"none": None, "W+": "w+", "PTI": "pti"}  # the page's choice: the Editor's refine stage
-REFINE_STEPS_RANGE = (1, 5000)
+REFINE_STEPS_RANGE = (0, 5000)  # 0 (or empty): the stage's default
 REFINED_KEPT = 8  # refined photos kept (a PTI entry holds one tuned generator each)
 
 
@@ -323,7 +323,8 @@ class Engine:
 
     @staticmethod
     def refine_choice(refine, steps) -> Optional[Tuple[str, Optional[int]]]:
-        """(the Editor's stage, steps or None: the stage's default) of the page's choice; None: no refinement."""
+        """(the Editor's stage, steps or None: the stage's default, asked by 0 or no value) of the page's choice;
+        None: no refinement."""
         choice = "none" if refine in (None, "") else refine
         if choice not in REFINE:
             raise InputError(f"refine {choice!r}: expected one of {', '.join(REFINE)}")
@@ -334,7 +335,7 @@ class Engine:
         n = number(steps, REFINE_STEPS_RANGE, "refine steps")
         if not float(n).is_integer():
             raise InputError(f"refine steps {n:g}: expected an integer")
-        return REFINE[choice], int(n)
+        return REFINE[choice], int(n) or None
 
     def refined(self, photo, image: np.ndarray, refine: Tuple[str, Optional[int]]) -> Refined:
         """A photo through the refine stage (`Editor.invert(refine=...)`), kept per (file, stage, steps)."""

@@ -23,7 +23,8 @@ from ffclip_jax.studio.engine import (MAX_PROMPTS, MAX_SOURCES, REFINE, SOURCES,
 from ffclip_jax.studio.serving import Shown, Studio
 
 MAX_FILE_SIZE = "20mb"  # Gradio's upload limit (the engine checks engine.MAX_FILE_BYTES too)
-IMAGE_HEIGHT = 220  # px of the photo, reconstruction, before/after and sweep boxes
+IMAGE_HEIGHT = 220  # px of the photo, reconstructions, before/after and sweep boxes
+IMAGE_MIN_WIDTH = 120  # px: the five boxes share one row of the results column
 EDIT_INPUTS = ("source", "photo", "latents", "all_rows", "seed", "truncation", "prompts", "strength", "scores",
                "refine", "refine_steps")
 STRENGTH_INFO = ("1 is upstream FFCLIP, 0 the reconstruction, above 1 exaggerates, below 0 pushes away from the "
@@ -194,7 +195,7 @@ def build_app(studio: Studio, *, batching: bool = True, max_batch_size: Optional
     # ---- layout ------------------------------------------------------------------------------------------------
     buttons = dict(buttons=["download", "fullscreen"])  # no "share" (to Hugging Face): a local page
     image = dict(type="filepath", interactive=False, height=IMAGE_HEIGHT, elem_classes=["pixelated", "scaled"],
-                 **buttons)
+                 min_width=IMAGE_MIN_WIDTH, **buttons)
     with gr.Blocks(title="FFCLIP studio", analytics_enabled=False, delete_cache=(1800, 3600),
                    fill_width=True) as app:
         gr.Markdown("## FFCLIP studio · edit an image of the generator's domain with free-form text")
@@ -209,7 +210,7 @@ def build_app(studio: Studio, *, batching: bool = True, max_batch_size: Optional
                     with gr.Row():
                         refine = gr.Radio(list(REFINE), value="none", label="refine the inversion",
                                           elem_id="refine", min_width=160, scale=2)
-                        refine_steps = gr.Number(label="steps (empty: the stage's default)", value=None,
+                        refine_steps = gr.Number(label="steps (0: the stage's default)", value=0, minimum=0,
                                                  precision=0, elem_id="refine-steps", min_width=100, scale=1)
                 with gr.Group(visible=False) as latents_box:
                     latents = gr.File(label="w+ latents (.npy, (L, D) or (N, L, D))", file_types=[".npy"],
@@ -249,7 +250,8 @@ def build_app(studio: Studio, *, batching: bool = True, max_batch_size: Optional
                     refined_view = gr.Image(label="refined reconstruction", elem_id="refined", format="png",
                                             **image)
                     compare = gr.ImageSlider(label="before / after", type="filepath", elem_id="compare",
-                                             height=IMAGE_HEIGHT, elem_classes=["pixelated", "scaled"], **buttons)
+                                             height=IMAGE_HEIGHT, elem_classes=["pixelated", "scaled"],
+                                             min_width=IMAGE_MIN_WIDTH, **buttons)
                     sweep_img = gr.Image(label="sweep 0 to the strength", elem_id="sweep", **image)
                 gallery = gr.Gallery(label="edits (prompt · strength)", columns=4, height=270, object_fit="contain",
                                      fit_columns=False, elem_id="gallery", elem_classes=["pixelated"], format="png",
