@@ -62,6 +62,8 @@ GANINVERTER = (
      "fid": None},
 )
 
+REFERENCE_FORMATS = {"psnr": ".4f", "mse": ".4f", "lpips": ".4f", "id": ".2f", "fid": ".4f"}  # as published
+
 
 @dataclasses.dataclass
 class Photos:
@@ -349,7 +351,7 @@ def markdown(report: Mapping[str, Any]) -> str:
             for k in report["inversions"]:
                 stats = report["edits"][k]["per_prompt"][i]["stats"]
                 lines.append(f"| {prompt} | {labels[k]} | " + " | ".join(_fmt(stats[m], m) for m in em) + " |")
-    lines += ["", f"Mean ± std over the photos. Images clipped to [-1, 1]; MSE (images in [0, 1]), PSNR and LPIPS on "
+    lines += ["", f"Mean ± std over the photos (edits overall: over every photo and prompt). Images clipped to [-1, 1]; MSE (images in [0, 1]), PSNR and LPIPS on "
               f"both images area-averaged to {EVAL_SIZE} px when larger; ID: ArcFace cosine with the photo; s / image: "
               "wall time of the inversion (e4e + refinement, compilation included) per photo. Edits: the mapper on "
               "the inversion's code, rendered with its generator (PTI: the photo's tuned one); Δ CLIP: the edit's "
@@ -358,7 +360,7 @@ def markdown(report: Mapping[str, Any]) -> str:
               "[-1, 1], 4x ours; their PSNR is 10 log10(2 / MSE), ours - 3.01 dB):", "",
               "| method | PSNR | MSE | LPIPS | ID | FID |", "|---|---:|---:|---:|---:|---:|"]
     for r in report["reference"]["rows"]:
-        cells = ["–" if r[c] is None else f"{r[c]}" for c in ("psnr", "mse", "lpips", "id", "fid")]
+        cells = ["–" if r[c] is None else f"{r[c]:{f}}" for c, f in REFERENCE_FORMATS.items()]
         lines.append(f"| {r['method']} | " + " | ".join(cells) + " |")
     return "\n".join(lines) + "\n"
 

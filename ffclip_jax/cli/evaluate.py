@@ -169,7 +169,7 @@ def reconstruction_main(args) -> None:
     for r in run.refinement.values():
         for message in r["messages"]:
             print(f"note: {message}", file=sys.stderr)
-    meta = {"weights": weights.root, "photos": os.path.abspath(args.reconstruction), "align": args.align,
+    meta = {"weights": weights.root, "photo_folder": os.path.abspath(args.reconstruction), "align": args.align,
             "strength": strength, "seed": args.seed, "refine_steps": args.refine_steps,
             "image_size": int(editor.generator[0].size), "eval_size": reconstruction.EVAL_SIZE,
             "batch_size": editor.batch_size, "jax_backend": jax.default_backend(), "networks": dict(weights.networks)}
