@@ -2,9 +2,9 @@
 how editable it stays. Inversions: e4e; e4e + W+ optimisation (`refine.refine_w_plus` from the e4e code, LPIPS-VGG);
 e4e + PTI (`refine.refine_pti` around the e4e code, LPIPS-alex), GANInverter's `--embed_mode e4e --refine_mode ...`.
 
-    photos = load_photos(editor, files)             # targets (N, S, S, 3) at the generator's size, encoder inputs
-    nets = load_networks(weights)                   # LPIPS-alex, LPIPS-VGG, ArcFace (one-line errors when missing)
-    run = reconstruct(editor, nets, photos, prompts=["blue hair"], steps=100)
+    nets, variables = load_networks(weights)       # LPIPS-alex, LPIPS-VGG, ArcFace (one-line errors when missing)
+    chunks = photo_chunks(editor, files)            # Photos of batch_size photos: targets at the generator's size
+    run = reconstruct(editor, nets, variables, chunks, prompts=["blue hair"], steps=100)
     report = build_report(run, meta)
     write_report("recon/", report)                  # report.json, report.md, reconstruction.png [, edits.png]
 
@@ -23,7 +23,7 @@ import functools
 import json
 import os
 import time
-from typing import Any, Dict, List, Mapping, Optional, Sequence, Tuple
+from typing import Any, Dict, Iterable, Iterator, List, Mapping, Optional, Sequence, Tuple, Union
 
 import jax
 import jax.numpy as jnp
@@ -54,7 +54,8 @@ JSON_FILE, MARKDOWN_FILE, RECON_PLOT, EDIT_PLOT = "report.json", "report.md", "r
 
 # caopulan/GANInverter README, "Benchmark" (CelebA-HQ test split, 2,824 images, 1024 px FFHQ StyleGAN2); their
 # scripts/test.py: MSE of images in [-1, 1] at 256 px (4x ours, which maps them to [0, 1]) and PSNR 10 log10(2 / MSE)
-# per image (ours - 3.01 dB); its README says LPIPS-VGG ("LPIPS version: VGG"), its test.py builds LPIPS(net_type='alex')
+# per image (ours - 3.01 dB); its README says LPIPS-VGG ("LPIPS version: VGG"), its test.py builds
+# LPIPS(net_type='alex')
 GANINVERTER = (
     {"method": "e4e", "psnr": 16.6616, "mse": 0.0472, "lpips": 0.1974, "id": 0.50, "fid": 28.4952},
     {"method": "Optimization-W+", "psnr": 20.5940, "mse": 0.0242, "lpips": 0.1092, "id": 0.77, "fid": 17.0812},
@@ -82,35 +83,51 @@ def _photo_at(image: np.ndarray, size: int) -> np.ndarray:
     return np.asarray(Image.fromarray(image).resize((size, size), Image.BILINEAR))
 
 
-def load_photos(editor, files: Sequence[str]) -> Photos:
-    """Read `files` (`inputs.read_image`); with the Editor's face predictor, FFHQ-align the largest face once at the
-    generator's size S (QUAD transform at 4 S, FFHQ's 1024 / 4096), else resize to S x S (PIL bilinear); the encoder
-    input is that image through e4e's preprocessing (`encoder_input`). Unreadable photos and photos without a face
-    are skipped and listed; none kept is an InputError."""
+def read_photo(editor, file: str) -> Tuple[np.ndarray, np.ndarray]:
+    """(target (S, S, 3), encoder input (H, W, 3)), both float32 in [-1, 1], of one photo (`inputs.read_image`): with
+    the Editor's face predictor its largest face FFHQ-aligned once at the generator's size S (QUAD transform at 4 S,
+    FFHQ's 1024 / 4096), else the photo resized to S x S (PIL bilinear); the encoder input is that image through
+    e4e's preprocessing (`encoder_input`). An unreadable photo or one without a face is an InputError."""
     size = editor.generator[0].size
+    image = inputs.read_image(file)
+    if editor.predictor is not None:
+        aligned, _ = align_images([image], editor.predictor, size, transform_size=4 * size)
+        if not aligned:
+            raise InputError(f"{file}: no face found")
+        image = aligned[0]
+    image = _photo_at(image, size)
+    return to_unit_range(image), encoder_input(image, editor.input_size)
+
+
+def photo_chunks(editor, files: Sequence[str], size: Optional[int] = None) -> Iterator[Photos]:
+    """The readable photos of `files` (`read_photo`) as Photos of `size` photos each (default the Editor's batch
+    size; the last may be smaller), read as they are needed; each chunk lists the files skipped since the previous
+    one (unreadable, no face). No photo kept at all is an InputError (after the last file)."""
     h, w = editor.input_size
     if h != w:
         raise InputError(f"the reconstruction report needs a square encoder input, the e4e encoder takes {h}x{w}")
+    size = size or editor.batch_size
     targets, encoded, sources, skipped = [], [], [], []
+    kept = 0
     for f in files:
         try:
-            image = inputs.read_image(f)
+            target, x = read_photo(editor, f)
         except InputError as e:
             skipped.append((f, str(e)))
             continue
-        if editor.predictor is not None:
-            aligned, _ = align_images([image], editor.predictor, size, transform_size=4 * size)
-            if not aligned:
-                skipped.append((f, f"{f}: no face found"))
-                continue
-            image = aligned[0]
-        image = _photo_at(image, size)
-        targets.append(to_unit_range(image))
-        encoded.append(encoder_input(image, (h, w)))
+        targets.append(target)
+        encoded.append(x)
         sources.append(f)
-    if not sources:
+        if len(sources) == size:
+            kept += size
+            yield Photos(np.stack(targets), np.stack(encoded), sources, skipped)
+            targets, encoded, sources, skipped = [], [], [], []
+    if sources:
+        yield Photos(np.stack(targets), np.stack(encoded), sources, skipped)
+    elif not kept:
         raise none_readable(len(files), skipped, editor.predictor is not None)
-    return Photos(np.stack(targets), np.stack(encoded), sources, skipped)
+    elif skipped:  # files skipped after the last full chunk: an empty chunk carries them
+        yield Photos(np.zeros((0,)), np.zeros((0,)), [], skipped)
 
 
 @dataclasses.dataclass(frozen=True)
@@ -185,15 +202,18 @@ _edit_scores = jax.jit(edit_scores, static_argnames=("nets", "clip"))
 
 @dataclasses.dataclass
 class Reconstruction:
-    """What `reconstruct` measured: `reconstruction` {inversion: {metric: (N,)}}, `edits` {inversion: {metric:
-    (P, N)}} (empty without prompts), `refinement` {"w_plus" / "pti": {steps, converged, failed (N,), messages}},
-    `images` {inversion: (N, S, S, 3)} the reconstructions, `settings` the refinements' settings as dicts."""
+    """What `reconstruct` measured, for the N photos kept (`sources`; `skipped` [(file, reason)]): `reconstruction`
+    {inversion: {metric: (N,)}}, `edits` {inversion: {metric: (P, N)}} (empty without prompts), `refinement`
+    {"w_plus" / "pti": {steps, converged, failed (N,), messages}}, `images` {inversion: (N, S, S, 3)} the
+    reconstructions (with keep_images, else empty), `settings` the refinements' settings as dicts."""
     reconstruction: Dict[str, Dict[str, np.ndarray]]
     edits: Dict[str, Dict[str, np.ndarray]]
     refinement: Dict[str, Dict[str, Any]]
     images: Dict[str, np.ndarray]
     prompts: List[str]
     settings: Dict[str, Dict[str, Any]]
+    sources: List[str]
+    skipped: List[Tuple[str, str]]
 
 
 def refinement_settings(steps: Optional[int] = None, w_plus: Optional[refine.WPlusSettings] = None,
@@ -208,68 +228,95 @@ def refinement_settings(steps: Optional[int] = None, w_plus: Optional[refine.WPl
     return w_plus, pti
 
 
-def _summary(results: Sequence[refine.Refinement]) -> Dict[str, Any]:
-    return {"steps": np.concatenate([r.steps for r in results]),
-            "converged": np.concatenate([r.converged for r in results]),
-            "failed": np.concatenate([r.failed for r in results]),
-            "messages": [m for r in results for m in r.messages]}
+def _summary(results: Sequence[Tuple[refine.Refinement, Sequence[str]]]) -> Dict[str, Any]:
+    """The refinements of every chunk: steps, converged, failed (N,) and the messages, each naming its file."""
+    return {"steps": np.concatenate([r.steps for r, _ in results]),
+            "converged": np.concatenate([r.converged for r, _ in results]),
+            "failed": np.concatenate([r.failed for r, _ in results]),
+            "messages": [f"{', '.join(files)}: {m}" for r, files in results for m in r.messages]}
 
 
-def reconstruct(editor, nets: ScoringNetworks, variables: Mapping[str, Any], photos: Photos, *,
-                prompts: Sequence[str] = (), strength: float = 1.0, steps: Optional[int] = None,
+def reconstruct(editor, nets: ScoringNetworks, variables: Mapping[str, Any], photos: Union[Photos, Iterable[Photos]],
+                *, prompts: Sequence[str] = (), strength: float = 1.0, steps: Optional[int] = None,
                 w_plus: Optional[refine.WPlusSettings] = None, pti: Optional[refine.PTISettings] = None,
-                seed: int = 0, progress: bool = True) -> Reconstruction:
-    """Invert `photos` three ways, score the reconstructions and, for each prompt (needs the Editor's mapper and
+                seed: int = 0, progress: bool = True, keep_images: bool = False) -> Reconstruction:
+    """Invert the photos three ways, score the reconstructions and, for each prompt (needs the Editor's mapper and
     CLIP), the edits of each inversion. editor: an `ffclip_jax.pipeline.Editor` with e4e and the generator; nets /
-    variables: `load_networks`; steps / w_plus / pti: `refinement_settings`. The photos go in chunks of the Editor's
-    batch size (the refinements run a chunk together). Returns a `Reconstruction`."""
+    variables: `load_networks`; photos: one Photos or chunks of them (`photo_chunks`: read as they are needed), split
+    further into the Editor's batch size (the refinements run a chunk together); steps / w_plus / pti:
+    `refinement_settings`; keep_images: keep the reconstructions (memory: N x S x S x 3 floats per inversion).
+    Returns a `Reconstruction`."""
     w_plus, pti = refinement_settings(steps, w_plus, pti)
     prompts = inputs.prompts(prompts) if len(prompts) else []
-    G, gvars = editor.generator
     text = editor.text_embeddings(prompts) if prompts else None
     variables = editor.place(dict(variables, **({"clip": editor.clip[1]} if prompts else {})))
-    recon_fn = functools.partial(_reconstruction_scores, variables, nets=nets)
-    n, batch = len(photos.targets), editor.batch_size
-    parts: Dict[str, List[Dict[str, np.ndarray]]] = {k: [] for k in INVERSIONS}
-    edit_parts: Dict[str, List[Dict[str, np.ndarray]]] = {k: [] for k in INVERSIONS}
+    scores: Dict[str, List[Dict[str, np.ndarray]]] = {k: [] for k in INVERSIONS}
+    edits: Dict[str, List[Dict[str, np.ndarray]]] = {k: [] for k in INVERSIONS}
     images: Dict[str, List[np.ndarray]] = {k: [] for k in INVERSIONS}
-    refined: Dict[str, List[refine.Refinement]] = {"w_plus": [], "pti": []}
-    for start in range(0, n, batch):
-        targets = photos.targets[start:start + batch]
-        m = len(targets)
-        t0 = time.perf_counter()
-        codes = editor.invert_rows(photos.encoder_inputs[start:start + batch])
-        e4e_images = editor.render_rows(codes)
-        e4e_seconds = time.perf_counter() - t0
-        t0 = time.perf_counter()
-        wr = refine.refine_w_plus((G, gvars), (nets.lpips_vgg, variables["lpips_vgg"]), codes, targets, w_plus,
-                                  seed=seed, progress=progress)
-        w_images = editor.render_rows(wr.codes)
-        w_seconds = time.perf_counter() - t0
-        t0 = time.perf_counter()
-        pr = refine.refine_pti((G, gvars), (nets.lpips_alex, variables["lpips_alex"]), codes, targets, pti,
-                               seed=seed, progress=progress)
-        p_images = np.asarray(refine.render_tuned(G, pr.params, pr.buffers, codes))
-        p_seconds = time.perf_counter() - t0
-        refined["w_plus"].append(wr)
-        refined["pti"].append(pr)
-        chunk = {"e4e": (codes, e4e_images, e4e_seconds), "w_plus": (wr.codes, w_images, e4e_seconds + w_seconds),
-                 "pti": (codes, p_images, e4e_seconds + p_seconds)}
-        for name, (code, recon, seconds) in chunk.items():
-            scores = editor.run(recon_fn, [targets, recon])
-            scores["seconds"] = np.full((m,), seconds / m)
-            parts[name].append(scores)
-            images[name].append(recon)
-            if prompts:
-                edit_parts[name].append(_edits(editor, variables, nets, code, recon, scores, text, strength,
-                                               pr if name == "pti" else None))
-    reconstruction = {k: {mt: np.concatenate([p[mt] for p in parts[k]]).astype(np.float64) for mt in RECON_METRICS}
-                      for k in INVERSIONS}
-    edits = {k: {mt: np.concatenate([p[mt] for p in edit_parts[k]], axis=1) for mt in EDIT_METRICS}
-             for k in INVERSIONS} if prompts else {}
-    settings = {"w_plus": dataclasses.asdict(w_plus), "pti": dataclasses.asdict(pti)}
-    return Reconstruction(reconstruction, edits, {k: _summary(v) for k, v in refined.items()},
-                          {k: np.concatenate(v) for k, v in images.items()}, prompts, settings)
+    refined: Dict[str, List[Tuple[refine.Refinement, List[str]]]] = {"w_plus": [], "pti": []}
+    sources: List[str] = []
+    skipped: List[Tuple[str, str]] = []
+    batch = editor.batch_size
+    for chunk in [photos] if isinstance(photos, Photos) else photos:
+        skipped += chunk.skipped
+        for start in range(0, len(chunk.sources), batch):
+            files = chunk.sources[start:start + batch]
+            sources += files
+            out = _chunk(editor, nets, variables, chunk.targets[start:start + batch],
+                         chunk.encoder_inputs[start:start + batch], text, strength, w_plus, pti, seed, progress)
+            for name in INVERSIONS:
+                scores[name].append(out["scores"][name])
+                if keep_images:
+                    images[name].append(out["images"][name])
+                if text is not None:
+                    edits[name].append(out["edits"][name])
+            for name in refined:
+                refined[name].append((out["refinement"][name], files))
+    if not sources:
+        raise InputError("no photos to reconstruct")
+    return Reconstruction(
+        reconstruction={k: {mt: np.concatenate([p[mt] for p in scores[k]]).astype(np.float64) for mt in RECON_METRICS}
+                        for k in INVERSIONS},
+        edits={k: {mt: np.concatenate([p[mt] for p in edits[k]], axis=1) for mt in EDIT_METRICS}
+               for k in INVERSIONS} if text is not None else {},
+        refinement={k: _summary(v) for k, v in refined.items()},
+        images={k: np.concatenate(v) for k, v in images.items()} if keep_images else {}, prompts=prompts,
+        settings={"w_plus": dataclasses.asdict(w_plus), "pti": dataclasses.asdict(pti)}, sources=sources,
+        skipped=skipped)
+
+
+def _chunk(editor, nets: ScoringNetworks, variables, targets, encoder_inputs, text, strength, w_plus, pti, seed,
+           progress) -> Dict[str, Any]:
+    """One batch of photos: the three inversions (timed), their scores, images and (with text) edit scores, and the
+    two refinement results."""
+    G, gvars = editor.generator
+    m = len(targets)
+    t0 = time.perf_counter()
+    codes = editor.invert_rows(encoder_inputs)
+    e4e_images = editor.render_rows(codes)
+    e4e_seconds = time.perf_counter() - t0
+    t0 = time.perf_counter()
+    wr = refine.refine_w_plus((G, gvars), (nets.lpips_vgg, variables["lpips_vgg"]), codes, targets, w_plus, seed=seed,
+                              progress=progress)
+    w_images = editor.render_rows(wr.codes)
+    w_seconds = time.perf_counter() - t0
+    t0 = time.perf_counter()
+    pr = refine.refine_pti((G, gvars), (nets.lpips_alex, variables["lpips_alex"]), codes, targets, pti, seed=seed,
+                           progress=progress)
+    p_images = np.asarray(refine.render_tuned(G, pr.params, pr.buffers, codes))
+    p_seconds = time.perf_counter() - t0
+    inversions = {"e4e": (codes, e4e_images, e4e_seconds), "w_plus": (wr.codes, w_images, e4e_seconds + w_seconds),
+                  "pti": (codes, p_images, e4e_seconds + p_seconds)}
+    recon_fn = functools.partial(_reconstruction_scores, variables, nets=nets)
+    out = {"scores": {}, "images": {}, "edits": {}, "refinement": {"w_plus": wr, "pti": pr}}
+    for name, (code, recon, seconds) in inversions.items():
+        scores = editor.run(recon_fn, [targets, recon])
+        if text is not None:
+            out["edits"][name] = _edits(editor, variables, nets, code, recon, scores, text, strength,
+                                        pr if name == "pti" else None)
+        out["scores"][name] = dict(scores, seconds=np.full((m,), seconds / m))
+        out["images"][name] = recon
+    return out
 
 
 def _edits(editor, variables, nets: ScoringNetworks, codes, recon, scores, text, strength,
@@ -295,7 +342,7 @@ def _edits(editor, variables, nets: ScoringNetworks, codes, recon, scores, text,
 
 # ---- the report -------------------------------------------------------------------------------------------------
 
-def build_report(run: Reconstruction, photos: Photos, meta: Mapping[str, Any]) -> Dict[str, Any]:
+def build_report(run: Reconstruction, meta: Mapping[str, Any]) -> Dict[str, Any]:
     """The JSON-able report: meta, photos (kept and skipped), the refinement settings and outcomes, per inversion the
     per-image values and their stats, per inversion and prompt the edits' stats (and overall), GANInverter's rows."""
     recon = {k: {"per_image": {mt: json_values(v) for mt, v in run.reconstruction[k].items()},
@@ -311,7 +358,7 @@ def build_report(run: Reconstruction, photos: Photos, meta: Mapping[str, Any]) -
                   for k, v in run.refinement.items()}
     return {"meta": dict(meta), "inversions": list(INVERSIONS), "labels": dict(INVERSION_LABELS),
             "reconstruction_metrics": list(RECON_METRICS), "edit_metrics": list(EDIT_METRICS) if edits else [],
-            "photos": list(photos.sources), "skipped": [list(s) for s in photos.skipped], "prompts": run.prompts,
+            "photos": list(run.sources), "skipped": [list(s) for s in run.skipped], "prompts": run.prompts,
             "reconstruction": recon, "edits": edits, "refinement": refinement,
             "reference": {"source": "caopulan/GANInverter README, Benchmark (CelebA-HQ test, 2,824 images)",
                           "rows": [dict(r) for r in GANINVERTER]}}
@@ -351,11 +398,12 @@ def markdown(report: Mapping[str, Any]) -> str:
             for k in report["inversions"]:
                 stats = report["edits"][k]["per_prompt"][i]["stats"]
                 lines.append(f"| {prompt} | {labels[k]} | " + " | ".join(_fmt(stats[m], m) for m in em) + " |")
-    lines += ["", f"Mean ± std over the photos (edits overall: over every photo and prompt). Images clipped to [-1, 1]; MSE (images in [0, 1]), PSNR and LPIPS on "
-              f"both images area-averaged to {EVAL_SIZE} px when larger; ID: ArcFace cosine with the photo; s / image: "
-              "wall time of the inversion (e4e + refinement, compilation included) per photo. Edits: the mapper on "
-              "the inversion's code, rendered with its generator (PTI: the photo's tuned one); Δ CLIP: the edit's "
-              "CLIP score minus the reconstruction's; ID edit/photo, edit/recon.: ArcFace cosines.", "",
+    lines += ["", "Mean ± std over the photos (edits overall: over every photo and prompt). Images clipped to "
+              f"[-1, 1]; MSE (images in [0, 1]), PSNR and LPIPS on both images area-averaged to {EVAL_SIZE} px when "
+              "larger; ID: ArcFace cosine with the photo; s / image: wall time of the inversion (e4e + refinement, "
+              "compilation included) per photo. Edits: the mapper on the inversion's code, rendered with its "
+              "generator (PTI: the photo's tuned one); Δ CLIP: the edit's CLIP score minus the reconstruction's; "
+              "ID edit/photo, edit/recon.: ArcFace cosines.", "",
               f"Reference for full-size models ({report['reference']['source']}; their MSE is of images in "
               "[-1, 1], 4x ours; their PSNR is 10 log10(2 / MSE), ours - 3.01 dB):", "",
               "| method | PSNR | MSE | LPIPS | ID | FID |", "|---|---:|---:|---:|---:|---:|"]

@@ -213,6 +213,7 @@ def comparison(reports: Mapping[str, Mapping[str, Any]]) -> str:
         lines += [f"## {'Single prompts' if kind == 'single' else 'Compositions of two training prompts'}", "",
                   "| report | " + " | ".join(LABELS.get(m, m) for m in shared) + " |",
                   "|---|" + "---:|" * len(shared)]
-        lines += [f"| {name} | " + " | ".join(format_stats(row[m], m) for m in shared) + " |" for name, row in rows.items()]
+        lines += [f"| {name} | " + " | ".join(format_stats(row[m], m) for m in shared) + " |"
+                  for name, row in rows.items()]
         lines.append("")
     return "\n".join(lines)

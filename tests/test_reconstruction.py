@@ -90,6 +90,7 @@ def setup(tmp_path_factory):
         photos / "a_generated.png")
     import skimage.data
     Image.fromarray(skimage.data.astronaut()).resize((64, 64), Image.BOX).save(photos / "b_astronaut.png")
+    (photos / "c_broken.png").write_bytes(b"not a PNG")
     (photos / "notes.txt").write_text("not an image")
     (root / "empty").mkdir()
     return dict(root=root, weights=weights, no_vgg=no_vgg, no_arcface=no_arcface, real_arcface=real_arcface,
@@ -113,9 +114,9 @@ def run(setup):
     finally:
         registry.MODELS["arcface"] = registry_entry
     files = sorted(os.path.join(setup["photos"], f) for f in os.listdir(setup["photos"]) if f.endswith(".png"))
-    photos = rec.load_photos(editor, files)
+    (photos,) = rec.photo_chunks(editor, files)  # one chunk: the batch is 2
     result = rec.reconstruct(editor, nets, variables, photos, prompts=PROMPTS, strength=0.0, w_plus=W_PLUS, pti=PTI,
-                             progress=False)
+                             progress=False, keep_images=True)
     return dict(editor=editor, nets=nets, variables=variables, photos=photos, result=result)
 
 
@@ -214,9 +215,26 @@ def test_strength_zero_edits_are_the_reconstructions(run):
                                                                         (len(PROMPTS), 2)), rtol=0, atol=16 * U32)
 
 
+def test_photo_chunks(setup, run):
+    """Photos read as needed in chunks of kept photos, the skipped ones carried by the chunk after them; targets at
+    the generator's size (64 px photos PIL-bilinear to 32), e4e's inputs the same image at 64 px."""
+    files = sorted(os.path.join(setup["photos"], f) for f in os.listdir(setup["photos"]) if f.endswith(".png"))
+    chunks = list(rec.photo_chunks(run["editor"], files, size=1))
+    assert [[os.path.basename(f) for f in c.sources] for c in chunks] == [["a_generated.png"], ["b_astronaut.png"], []]
+    assert [[os.path.basename(f) for f, _ in c.skipped] for c in chunks] == [[], [], ["c_broken.png"]]
+    assert chunks[0].targets.shape == (1, 32, 32, 3) and chunks[0].encoder_inputs.shape == (1, 64, 64, 3)
+    with Image.open(files[1]) as im:
+        expected = np.asarray(im.convert("RGB").resize((32, 32), Image.BILINEAR), np.float32) / 127.5 - 1
+    # (x / 255 - 0.5) / 0.5 against x / 127.5 - 1: 3 roundings of values <= 1 against 2
+    np.testing.assert_allclose(chunks[1].targets[0], expected, rtol=0, atol=5 * U32)
+    np.testing.assert_array_equal(np.concatenate([c.targets for c in chunks[:2]]), run["photos"].targets)
+    with pytest.raises(InputError, match="none of the 1 files could be read as an image"):
+        list(rec.photo_chunks(run["editor"], files[2:]))
+
+
 def test_report_files(run, tmp_path):
-    photos, result = run["photos"], run["result"]
-    report = rec.build_report(result, photos, {"strength": 0.0, "image_size": 32})
+    result = run["result"]
+    report = rec.build_report(result, {"strength": 0.0, "image_size": 32})
     files = rec.write_report(str(tmp_path / "r"), report)
     assert sorted(os.listdir(tmp_path / "r")) == sorted(files) == ["edits.png", "reconstruction.png", "report.json",
                                                                    "report.md"]
@@ -297,7 +315,9 @@ def test_cli_end_to_end(setup, stub_arcface, tmp_path, capsys):
     assert data["meta"]["refine_steps"] == 2 and data["prompts"] == PROMPTS
     assert data["refinement"]["w_plus"]["settings"]["steps"] == 2
     assert max(data["refinement"]["pti"]["steps"]) <= 2
-    assert data["skipped"] == [] and len(data["photos"]) == 2  # notes.txt is no image file: not listed at all
+    # the broken PNG is skipped and listed; notes.txt is no image file: not read at all
+    assert [os.path.basename(f) for f, _ in data["skipped"]] == ["c_broken.png"] and len(data["photos"]) == 2
+    assert "not a readable image" in data["skipped"][0][1]
     for name in rec.INVERSIONS:
         for metric in rec.RECON_METRICS:
             assert all(np.isfinite(data["reconstruction"][name]["per_image"][metric])), (name, metric)

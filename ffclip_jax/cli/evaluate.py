@@ -161,11 +161,10 @@ def reconstruction_main(args) -> None:
     editor = Editor.from_pretrained(args.weights, align=args.align, batch_size=args.batch_size,
                                     cache_dir=args.cache_dir, devices=args.devices, frozen=args.frozen_sharding,
                                     networks=("generator", "e4e") + (("mapper", "clip") if prompts else ()))
-    photos = reconstruction.load_photos(editor, files)
-    for _, reason in photos.skipped:
+    run = reconstruction.reconstruct(editor, nets, variables, reconstruction.photo_chunks(editor, files),
+                                     prompts=prompts, strength=strength, steps=args.refine_steps, seed=args.seed)
+    for _, reason in run.skipped:
         print(f"skipped {reason}", file=sys.stderr)
-    run = reconstruction.reconstruct(editor, nets, variables, photos, prompts=prompts, strength=strength,
-                                     steps=args.refine_steps, seed=args.seed)
     for r in run.refinement.values():
         for message in r["messages"]:
             print(f"note: {message}", file=sys.stderr)
@@ -173,7 +172,7 @@ def reconstruction_main(args) -> None:
             "strength": strength, "seed": args.seed, "refine_steps": args.refine_steps,
             "image_size": int(editor.generator[0].size), "eval_size": reconstruction.EVAL_SIZE,
             "batch_size": editor.batch_size, "jax_backend": jax.default_backend(), "networks": dict(weights.networks)}
-    rep = reconstruction.build_report(run, photos, meta)
+    rep = reconstruction.build_report(run, meta)
     files_written = reconstruction.write_report(args.output, rep, overwrite=args.force)
-    print(f"wrote {', '.join(files_written)} to {args.output} ({len(photos.sources)} photos x 3 inversions"
+    print(f"wrote {', '.join(files_written)} to {args.output} ({len(run.sources)} photos x 3 inversions"
           + (f", {len(prompts)} prompts" if prompts else "") + ")")
