@@ -174,5 +174,5 @@ def reconstruction_main(args) -> None:
             "batch_size": editor.batch_size, "jax_backend": jax.default_backend(), "networks": dict(weights.networks)}
     rep = reconstruction.build_report(run, meta)
     files_written = reconstruction.write_report(args.output, rep, overwrite=args.force)
-    print(f"wrote {', '.join(files_written)} to {args.output} ({len(run.sources)} photos x 3 inversions"
-          + (f", {len(prompts)} prompts" if prompts else "") + ")")
+    print(f"wrote {', '.join(files_written)} to {args.output} ({len(run.sources)} photo(s) x 3 inversions"
+          + (f", {len(prompts)} prompt(s)" if prompts else "") + ")")
