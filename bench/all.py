@@ -102,6 +102,16 @@ def studio_jobs(dev, s, work):
     return [Job("studio/gradio", "bench/studio.py", args, 300, whole=True, priority=4)]
 
 
+def refine_jobs(dev, s, work):
+    """W+ and PTI refinement steps/s against the PyTorch loops: 1024 px batch 8 on an accelerator (PTI with vmap and
+    map), 256 px batch 2 on CPU (map; one timed step; longer than the budget leaves on a shared CPU: run
+    `bench/refine.py` on its own there)."""
+    args = ["--size", s["size"], "--batch", s["gen_batch"], "--iters", s["train_iters"], "--torch-device", dev["torch"]]
+    if dev["platform"] == "cpu":
+        args += ["--jax-batchings", "map"]
+    return [Job("refine", "bench/refine.py", args, 480 if dev["platform"] != "cpu" else 420, whole=True, priority=4)]
+
+
 def invert_jobs(dev, s, work):
     """e4e inversion through the Editor on one device and on every local device (where there is more than one),
     the PyTorch e4e on one; the generator's size sets the styles, the input is e4e's 256 px (64 px with --tiny)."""
@@ -118,6 +128,7 @@ BENCHMARKS = [
     ("train_step", "bench/train_step.py", train_jobs),
     ("studio", "bench/studio.py", studio_jobs),
     ("invert", "bench/invert.py", invert_jobs),
+    ("refine", "bench/refine.py", refine_jobs),
 ]
 
 # Each probe runs in its own process: one imports JAX, the other PyTorch, never both.

@@ -21,6 +21,7 @@ import jax.numpy as jnp
 import numpy as np
 
 from ffclip_jax.errors import InputError
+from ffclip_jax.models.arcface import arcface_input  # the ID loss's preprocessing (beside the network it feeds)
 from ffclip_jax.models import clip as clip_model
 from ffclip_jax.models.clip import encode_image
 from ffclip_jax.nn import image_ops
@@ -29,9 +30,6 @@ from ffclip_jax.nn.layers import l2_normalize
 
 Network = Tuple[Any, Any]  # (flax module, variables)
 
-ID_POOL_SIZE = 256
-ID_CROP = (slice(35, 223), slice(32, 220))  # rows, columns of the 256x256 pooled face
-ARCFACE_SIZE = 112
 PARSE_SIZE = 512
 HAIR_LABEL = 13  # the parsing class excluded from the background
 MOCO_SIZE = 224
@@ -54,13 +52,6 @@ def _apply(net: Network, x):
 def _mean_one_minus_cosine(f_hat, f):
     """mean over the batch of 1 - <f_hat_i, f_i> for unit-norm features; `f` is treated as a constant."""
     return jnp.mean(1.0 - jnp.sum(f_hat * jax.lax.stop_gradient(f), axis=-1))
-
-
-def arcface_input(x):
-    """Upstream IDLoss.extract_feats preprocessing: adaptive avg pool to 256, crop [35:223, 32:220], adaptive avg pool
-    to 112 (overlapping PyTorch windows). (B, H, W, 3) -> (B, 112, 112, 3)."""
-    x = image_ops.adaptive_avg_pool2d(x, ID_POOL_SIZE)
-    return image_ops.adaptive_avg_pool2d(x[:, ID_CROP[0], ID_CROP[1], :], ARCFACE_SIZE)
 
 
 def id_loss(arcface: Network, x_hat, x):

@@ -11,9 +11,20 @@ import jax.numpy as jnp
 
 from ffclip_jax.errors import ConfigError, InputError
 from ffclip_jax.models.irse import irse_backbone
+from ffclip_jax.nn import image_ops
 from ffclip_jax.nn.layers import BatchNorm2d, Linear, l2_normalize
 
 INPUT_SIZES = (112, 224)
+ID_POOL_SIZE = 256
+ID_CROP = (slice(35, 223), slice(32, 220))  # rows, columns of the 256x256 pooled face
+ARCFACE_SIZE = 112
+
+
+def arcface_input(x):
+    """FFCLIP's IDLoss.extract_feats preprocessing of images of any size: adaptive avg pool to 256, crop
+    [35:223, 32:220], adaptive avg pool to 112 (overlapping PyTorch windows). (B, H, W, 3) -> (B, 112, 112, 3)."""
+    x = image_ops.adaptive_avg_pool2d(x, ID_POOL_SIZE)
+    return image_ops.adaptive_avg_pool2d(x[:, ID_CROP[0], ID_CROP[1], :], ARCFACE_SIZE)
 
 
 class Backbone(nn.Module):

@@ -189,16 +189,18 @@ class ToRGB(nn.Module):
 
 class Generator(nn.Module):
     def __init__(self, size, style_dim=512, n_mlp=8, channel_multiplier=2, blur_kernel=(1, 3, 3, 1), lr_mlp=0.01,
-                 fused=True):
+                 fused=True, channel_max=512):
         super().__init__()
         self.size, self.style_dim = size, style_dim
         self.style = nn.Sequential(PixelNorm(), *[
             EqualLinear(style_dim, style_dim, lr_mul=lr_mlp, activation="fused_lrelu") for _ in range(n_mlp)])
         cm = channel_multiplier
-        self.channels = {4: 512, 8: 512, 16: 512, 32: 512, 64: 256 * cm, 128: 128 * cm, 256: 64 * cm, 512: 32 * cm,
-                         1024: 16 * cm}
+        # channel_max caps the widths like ffclip_jax's Generator(channel_max=...) (512: upstream's table)
+        self.channels = {k: min(v, channel_max) for k, v in {
+            4: 512, 8: 512, 16: 512, 32: 512, 64: 256 * cm, 128: 128 * cm, 256: 64 * cm, 512: 32 * cm,
+            1024: 16 * cm}.items()}
         self.input = ConstantInput(self.channels[4])
-        self.conv1 = StyledConv(512, 512, 3, style_dim, blur_kernel=blur_kernel, fused=fused)
+        self.conv1 = StyledConv(self.channels[4], self.channels[4], 3, style_dim, blur_kernel=blur_kernel, fused=fused)
         self.to_rgb1 = ToRGB(self.channels[4], style_dim, upsample=False, fused=fused)
         self.log_size = int(math.log2(size))
         self.num_layers = (self.log_size - 2) * 2 + 1
