@@ -33,7 +33,7 @@ LABELS = {"clip_score": "CLIP score", "clip_score_source": "CLIP (source)", "cli
 FORMATS = {"background_mse": ".2e", "latent_mean_abs": ".4f"}  # others ".3f"
 
 
-def _stats(values: np.ndarray) -> Dict[str, Any]:
+def summary_stats(values: np.ndarray) -> Dict[str, Any]:
     v = np.asarray(values, np.float64).reshape(-1)
     finite = v[np.isfinite(v)]
     if not finite.size:
@@ -42,10 +42,10 @@ def _stats(values: np.ndarray) -> Dict[str, Any]:
             "count": int(finite.size)}
 
 
-def _clean(values) -> Any:
+def json_values(values) -> Any:
     """Nested lists with NaN / inf as None (strict JSON)."""
     if isinstance(values, (list, tuple, np.ndarray)):
-        return [_clean(v) for v in values]
+        return [json_values(v) for v in values]
     v = float(values)
     return v if math.isfinite(v) else None
 
@@ -67,18 +67,19 @@ def build_report(entries: Sequence[Mapping[str, Any]], results: Mapping[str, np.
     scalars = scalar_metrics(results)
     kinds = np.asarray([e["kind"] for e in entries])
     per_prompt = [{"prompt": e["prompt"], "kind": e["kind"], "parts": list(e.get("parts", [])),
-                   "stats": {k: _stats(v[i]) for k, v in scalars.items()}} for i, e in enumerate(entries)]
-    overall = {kind: {k: _stats(v[kinds == kind]) for k, v in scalars.items()}
+                   "stats": {k: summary_stats(v[i]) for k, v in scalars.items()}} for i, e in enumerate(entries)]
+    overall = {kind: {k: summary_stats(v[kinds == kind]) for k, v in scalars.items()}
                for kind in KINDS if (kinds == kind).any()}
-    per_example = {k: _clean(v) for k, v in results.items()}
+    per_example = {k: json_values(v) for k, v in results.items()}
     return {"meta": dict(meta), "metrics": list(scalars), "latent_indices": [int(i) for i in latent_indices],
             "prompts": per_prompt, "overall": overall, "per_example": per_example}
 
 
-def _fmt(stats: Mapping[str, Any], metric: str) -> str:
+def format_stats(stats: Mapping[str, Any], metric: str, formats: Mapping[str, str] = FORMATS) -> str:
+    """"mean ± std" in the metric's format (`formats`, default ".3f"); "–" without values."""
     if stats["mean"] is None:
         return "–"
-    f = FORMATS.get(metric, ".3f")
+    f = formats.get(metric, ".3f")
     return f"{stats['mean']:{f}} ± {stats['std']:{f}}"
 
 
@@ -98,16 +99,16 @@ def markdown(report: Mapping[str, Any]) -> str:
                   "| prompt | " + " | ".join(LABELS.get(m, m) for m in metrics) + " |",
                   "|---|" + "---:|" * len(metrics)]
         for row in rows:
-            lines.append(f"| {row['prompt']} | " + " | ".join(_fmt(row["stats"][m], m) for m in metrics) + " |")
+            lines.append(f"| {row['prompt']} | " + " | ".join(format_stats(row["stats"][m], m) for m in metrics) + " |")
         overall = report["overall"][kind]
-        lines.append("| **overall** | " + " | ".join(f"**{_fmt(overall[m], m)}**" for m in metrics) + " |")
+        lines.append("| **overall** | " + " | ".join(f"**{format_stats(overall[m], m)}**" for m in metrics) + " |")
     lines += ["", "Mean ± std over the latents (overall: over every latent and prompt). CLIP score: 100 × cosine "
               "with OpenAI's preprocessing; identity: ArcFace cosine source/edit; BG: outside the parsed hair region "
               "in both images, images in [0, 1], PSNR capped at 100 dB; Δw: the mapper's latent change.", ""]
     return "\n".join(lines)
 
 
-def _pyplot():
+def pyplot():
     import matplotlib  # slow to import: only when a report's plots are drawn
     matplotlib.use("Agg")
     import matplotlib.pyplot as plt
@@ -115,7 +116,7 @@ def _pyplot():
 
 
 def _bars(path: str, report: Mapping[str, Any]) -> None:
-    plt = _pyplot()
+    plt = pyplot()
 
     preserve = "identity" if "identity" in report["metrics"] else "moco_similarity"
     metrics = [m for m in ("clip_score", "clip_score_delta", preserve, "background_psnr", "latent_mean_abs")
@@ -147,7 +148,7 @@ def scatter_name(report: Mapping[str, Any]) -> str:
 
 
 def _scatter(path: str, report: Mapping[str, Any], results: Mapping[str, np.ndarray]) -> None:
-    plt = _pyplot()
+    plt = pyplot()
 
     preserve = "identity" if "identity" in report["metrics"] else "moco_similarity"
     fig, ax = plt.subplots(figsize=(6.5, 5))
@@ -212,6 +213,7 @@ def comparison(reports: Mapping[str, Mapping[str, Any]]) -> str:
         lines += [f"## {'Single prompts' if kind == 'single' else 'Compositions of two training prompts'}", "",
                   "| report | " + " | ".join(LABELS.get(m, m) for m in shared) + " |",
                   "|---|" + "---:|" * len(shared)]
-        lines += [f"| {name} | " + " | ".join(_fmt(row[m], m) for m in shared) + " |" for name, row in rows.items()]
+        lines += [f"| {name} | " + " | ".join(format_stats(row[m], m) for m in shared) + " |"
+                  for name, row in rows.items()]
         lines.append("")
     return "\n".join(lines)

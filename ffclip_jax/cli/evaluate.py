@@ -12,6 +12,15 @@ the weights directory has arcface and parsenet, else other.
 The latents go in parts of --part-size, each saved in OUTPUT.parts/ when done: a killed run, rerun as it was, does
 only the parts not saved yet. With --distributed (the same command on every host) part i is process i % P's, and
 process 0 writes the same report as a one-host run (see `ffclip_jax.parts`).
+
+The reconstruction report (`ffclip_jax.reconstruction`): how well e4e, e4e + W+ optimisation and e4e + PTI keep the
+photos of a folder, and, with --text, how the mapper's edits on each inversion score:
+
+    ffclip evaluate --reconstruction photos/ --weights weights/ffhq [--align PREDICTOR] [--refine-steps 100] \
+        [--text "blue hair" --text Bald] [--strength 1] --output recon/
+
+It needs the weights directory's lpips_alex, lpips_vgg and arcface networks (and the mapper and CLIP for --text);
+it runs in one process and is not resumable (--latents, --compositions, --distributed do not apply).
 """
 from __future__ import annotations
 
@@ -23,9 +32,10 @@ import jax
 import numpy as np
 from tqdm import tqdm
 
-from ffclip_jax import inputs, metrics, report
-from ffclip_jax.cli.arguments import (add_batch_size_argument, add_cache_dir_argument, add_devices_arguments,
-                                      add_distributed_arguments, add_part_size_argument, at_least, start_distributed)
+from ffclip_jax import inputs, metrics, reconstruction, report
+from ffclip_jax.cli.arguments import (add_align_argument, add_batch_size_argument, add_cache_dir_argument,
+                                      add_devices_arguments, add_distributed_arguments, add_part_size_argument,
+                                      at_least, start_distributed)
 from ffclip_jax.errors import InputError
 from ffclip_jax.parts import Parts
 from ffclip_jax.pipeline import Editor
@@ -37,10 +47,18 @@ from ffclip_jax.weights.manifest import resolve
 def build_parser() -> argparse.ArgumentParser:
     p = argparse.ArgumentParser(prog="ffclip evaluate", description=__doc__.split("\n\n")[0])
     p.add_argument("--weights", required=True, help="weights directory (manifest, trainer export or workdir)")
-    p.add_argument("--latents", required=True, help="test w+ latents .npy (N, n_latent, style_dim)")
-    p.add_argument("--prompts", required=True, help="built-in prompt list (ffhq, car, church) or a prompt file")
+    p.add_argument("--latents", help="test w+ latents .npy (N, n_latent, style_dim) (required unless --reconstruction)")
+    p.add_argument("--prompts", help="built-in prompt list (ffhq, car, church) or a prompt file (required unless "
+                                     "--reconstruction; with it, edit prompts besides --text)")
     p.add_argument("--output", required=True, help="report directory (written atomically)")
-    p.add_argument("--limit", type=int, help="evaluate only the first N latents")
+    p.add_argument("--limit", type=int, help="evaluate only the first N latents (--reconstruction: photos)")
+    p.add_argument("--reconstruction", metavar="PHOTOS", help="the reconstruction report of a folder of photos (or "
+                                                              "files): e4e, e4e + W+, e4e + PTI")
+    p.add_argument("--text", action="append", default=[], help="with --reconstruction: an edit prompt (repeat for "
+                                                               "several)")
+    p.add_argument("--refine-steps", type=int, help="with --reconstruction: steps of both refinements (default "
+                                                    "upstream's: W+ 1000, PTI 350)")
+    add_align_argument(p)
     p.add_argument("--compositions", action="store_true",
                    help="also evaluate prompts made of two training prompts ('Blue hair, wearing glasses')")
     p.add_argument("--num-compositions", type=int, default=10, help="number of composed prompts (default 10)")
@@ -60,7 +78,15 @@ def main(argv=None) -> None:
     args = build_parser().parse_args(argv)
     if os.path.exists(args.output) and not args.force:
         raise InputError(f"--output {args.output}: already exists (pass --force to replace it)")
-    at_least(args, 1, "limit", "batch_size", "num_compositions", "part_size")
+    at_least(args, 1, "limit", "batch_size", "num_compositions", "part_size", "refine_steps")
+    if args.reconstruction is not None:
+        return reconstruction_main(args)
+    for flag in ("text", "refine_steps", "align"):
+        if getattr(args, flag):
+            raise InputError(f"--{flag.replace('_', '-')}: only with --reconstruction")
+    for flag in ("latents", "prompts"):
+        if getattr(args, flag) is None:
+            raise InputError(f"--{flag} is required (or --reconstruction PHOTOS for the reconstruction report)")
     start_distributed(args)
     strength = inputs.strength(args.strength, name="--strength")
     prompts = inputs.prompts(load_prompts(args.prompts))
@@ -114,3 +140,39 @@ def main(argv=None) -> None:
     files = report.write_report(args.output, rep, results, overwrite=args.force)
     job.remove()
     print(f"wrote {', '.join(files)} to {args.output} ({len(indices)} latents x {len(entries)} prompts)")
+
+
+def reconstruction_main(args) -> None:
+    """`--reconstruction PHOTOS`: the reconstruction report (see the module docstring)."""
+    for flag in ("latents", "compositions", "distributed"):
+        if getattr(args, flag):
+            raise InputError(f"--{flag}: not with --reconstruction")
+    files = inputs.list_images([args.reconstruction])[:args.limit]
+    strength = inputs.strength(args.strength, name="--strength")
+    prompts = inputs.prompts(args.text + (load_prompts(args.prompts) if args.prompts else [])) if (
+        args.text or args.prompts) else []
+    weights = resolve(args.weights)
+    weights.path("e4e", "--reconstruction (inverting the photos)")
+    weights.path("generator", "--reconstruction")
+    nets, variables = reconstruction.load_networks(weights)
+    if prompts:
+        weights.path("mapper", "--text edits")
+        weights.path("clip", "--text edits")
+    editor = Editor.from_pretrained(args.weights, align=args.align, batch_size=args.batch_size,
+                                    cache_dir=args.cache_dir, devices=args.devices, frozen=args.frozen_sharding,
+                                    networks=("generator", "e4e") + (("mapper", "clip") if prompts else ()))
+    run = reconstruction.reconstruct(editor, nets, variables, reconstruction.photo_chunks(editor, files),
+                                     prompts=prompts, strength=strength, steps=args.refine_steps, seed=args.seed)
+    for _, reason in run.skipped:
+        print(f"skipped {reason}", file=sys.stderr)
+    for r in run.refinement.values():
+        for message in r["messages"]:
+            print(f"note: {message}", file=sys.stderr)
+    meta = {"weights": weights.root, "photo_folder": os.path.abspath(args.reconstruction), "align": args.align,
+            "strength": strength, "seed": args.seed, "refine_steps": args.refine_steps,
+            "image_size": int(editor.generator[0].size), "eval_size": reconstruction.EVAL_SIZE,
+            "batch_size": editor.batch_size, "jax_backend": jax.default_backend(), "networks": dict(weights.networks)}
+    rep = reconstruction.build_report(run, meta)
+    files_written = reconstruction.write_report(args.output, rep, overwrite=args.force)
+    print(f"wrote {', '.join(files_written)} to {args.output} ({len(run.sources)} photo(s) x 3 inversions"
+          + (f", {len(prompts)} prompt(s)" if prompts else "") + ")")
