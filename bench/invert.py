@@ -11,9 +11,9 @@ Each (framework, devices) runs in its own process (`--one jax:1`, `--one jax:all
 both frameworks); each fills its own random weights of the same shapes (timing does not depend on their values).
 The refinement stages run as `ffclip invert --refine` runs them (`Editor.refine_rows`: W+ with LPIPS-VGG, PTI with
 LPIPS-alex, upstream's settings but --refine-steps steps and no early stop), on one device and on every local device
-(`--one jax:1:w+`, `jax:all:w+`, `jax:1:pti`, `jax:all:pti`): images/s of refining --batch photos per device by --refine-steps steps,
-timed on a second call (the first compiles), and image-steps/s; the PyTorch refinement loops are bench/refine.py's.
-Their estimate scales the per-device rate to upstream's step counts (W+ 1000, PTI 350). On CPU, 'every local
+(`--one jax:1:w+`, `jax:all:w+`, `jax:1:pti`, `jax:all:pti`): images/s of refining --batch photos per device by
+--refine-steps steps, timed on a second call (the first compiles), and image-steps/s; the PyTorch refinement loops
+are bench/refine.py's. Their estimate scales the per-device rate to upstream's step counts (W+ 1000, PTI 350). On CPU, 'every local
 device' is one device: XLA already spreads it over the cores, and simulated CPU devices (XLA_FLAGS) share those
 cores, so they prove the sharded code correct (tests/test_multidevice.py), not faster.
 """
@@ -105,8 +105,11 @@ def run_refine(stage, size, batch, steps, iters, devices, build_only=False):
     targets = rng.uniform(-1, 1, (rows, size, size, 3)).astype(np.float32)
     if build_only:
         return None, rows, len(editor.devices)
-    run = lambda: editor.refine_rows(targets, w, np.arange(rows), spec)
+    last = {}
+    run = lambda: last.update(editor.refine_rows(targets, w, np.arange(rows), spec))
     times = common.time_iters(run, iters, lambda out: out)  # numpy: already waited
+    # every photo should run every step (no early stop): a failed (non-finite) photo stops early and inflates the rate
+    times.update(mean_steps=float(np.mean(last["steps"])), failed=int(np.sum(last["failed"])))
     return (times, common.jax_peak_bytes()), rows, len(editor.devices)
 
 

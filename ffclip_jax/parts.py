@@ -196,8 +196,11 @@ def encode_plan(editor, tool: str, align: Optional[str], refine=None, **options)
     file, the rows each device computes at once (the same rows per device give the same codes bit for bit, whatever
     the device or process count), the refine stage (its settings and seed) and the tool's own options."""
     encoder = editor.weights.networks.get("e4e") if editor.weights is not None else None
+    networks = editor.weights.networks if editor.weights is not None else {}
+    used = ("generator", "lpips_vgg" if refine is not None and refine.stage == "w+" else "lpips_alex")
     stage = None if refine is None else {"stage": refine.stage, "seed": refine.seed,
-                                         "settings": dataclasses.asdict(refine.settings)}
+                                         "settings": dataclasses.asdict(refine.settings),
+                                         **{n: os.path.abspath(networks[n]) if n in networks else None for n in used}}
     return {"tool": tool, "encoder": os.path.abspath(encoder) if encoder else None,
             "align": os.path.abspath(align) if align else None,
             "rows_per_device": editor.batch_size // len(editor.devices), **({"refine": stage} if stage else {}),

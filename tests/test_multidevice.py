@@ -1,6 +1,6 @@
 """Every tool on 8 simulated CPU devices against 1: the Editor's row runners (the studio's device calls among them),
-inversion, the refine stage (W+, PTI), edits, text embeddings, the evaluation metrics, and the command lines invert / edit / evaluate / data
-build with --devices 8 against --devices 1.
+inversion, the refine stage (W+, PTI), edits, text embeddings, the evaluation metrics, and the command lines
+invert / edit / evaluate / data build with --devices 8 against --devices 1.
 
 The claim tested is bit-equality: N devices at b rows each run, on every device, the program one device runs at
 batch b (data parallel, networks replicated or FSDP-gathered: no reduction crosses devices), so the rows are the same

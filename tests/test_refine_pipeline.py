@@ -169,7 +169,8 @@ def test_cli_invert_refine_pti_save_tuned(refine_weights, editor, tmp_path, caps
         assert_trees_equal(variables, tuned)
         np.testing.assert_array_equal(jit_apply(G, input_is_latent=True)(variables, w[row:row + 1]),
                                       jit_apply(G, input_is_latent=True)(tuned, w[row:row + 1]))
-        assert pretrained.read_meta(str(tmp_path / "tuned" / f"p{row}"))["extra"]["photo"] == os.path.abspath(files[row])
+        meta = pretrained.read_meta(str(tmp_path / "tuned" / f"p{row}"))
+        assert meta["extra"]["photo"] == os.path.abspath(files[row])
     assert (tmp_path / "grid.png").is_file() and not (tmp_path / "inv" / "latents.parts").exists()
 
 

@@ -141,8 +141,9 @@ def main(argv=None) -> None:
         output.write_json("latents.json", {"sources": list(sources), "prompts": prompts, "strengths": strengths,
                                            "shape": "(sources, prompts, strengths, n_latent, style_dim)"})
         written += f", latents.npy {latents.shape}"
-    refined = {} if refine is None else {"refine": {"stage": refine.stage, "steps": refine.settings.steps,
-                                                    **{f: enc.refinement[f].tolist() for f in ("lpips_start", "lpips")}}}
+    refined = {} if refine is None else {"refine": dict(
+        stage=refine.stage, steps=refine.settings.steps, **{f: enc.refinement[f].tolist() for f in ("lpips_start",
+                                                                                                    "lpips")})}
     output.commit(sources=list(sources), prompts=prompts, strengths=strengths, **refined)
     print(f"wrote {written} to {args.output}")
 

@@ -1,7 +1,7 @@
 """Photos to the `ffclip_latents` dataset in one resumable command (`ffclip data build --images DIR --encoder E4E`):
 every image under DIR (subfolders included, sorted by relative path) through the Editor's chain (align, e4e, and the
-refine stage when one is given: `refine`, W+ only, item k's random key k) in parts (`ffclip_jax.parts`: saved as they finish, split between processes with
---distributed), then one dataset whose rows record their photo (`source`, relative to DIR) and its place in the input
+refine stage when one is given: `refine`, W+ only, item k's random key k) in parts (`ffclip_jax.parts`: saved as
+they finish, split between processes with --distributed), then one dataset whose rows record their photo (`source`, relative to DIR) and its place in the input
 list (`index`).
 
 The split: given file lists (`train_list` / `test_list`, one path relative to DIR per line; the inputs are the listed
@@ -129,8 +129,8 @@ def build_from_photos(data_dir: str, domain: str, folder: str, editor, *, align:
     `describe` of it with "skipped" [(file, reason)] and "resumed_parts", on process 0 (None on the others).
     editor: an `ffclip_jax.pipeline.Editor` with an encoder (and the predictor of `align`)."""
     if refine is not None and refine.stage != "w+":
-        raise ConfigError(f"data build --refine {refine.stage}: the dataset holds codes, and PTI keeps e4e's (it tunes a "
-                          f"generator per photo); use --refine w+")
+        raise ConfigError(f"data build --refine {refine.stage}: the dataset holds codes, and PTI keeps e4e's (it "
+                          f"tunes a generator per photo); use --refine w+")
     folder = os.path.abspath(folder)
     names, splits, rule = split_photos(folder, train_list=train_list, test_list=test_list,
                                        test_fraction=test_fraction, seed=seed)
@@ -138,8 +138,8 @@ def build_from_photos(data_dir: str, domain: str, folder: str, editor, *, align:
                                                                                       editor.latent_shape)):
         raise ConfigError(f"domain {domain} expects w+ {tuple(latent_shape)} but the encoder predicts "
                           f"{editor.latent_shape}; use --domain custom (or --n-latent) for other generators")
-    plan = dict(encode_plan(editor, "data build", align, refine, resize=resize), domain=domain, images=folder, split=rule,
-                splits=splits)
+    plan = dict(encode_plan(editor, "data build", align, refine, resize=resize), domain=domain, images=folder,
+                split=rule, splits=splits)
     target = dataset_dir(data_dir, domain)
     built = _built_plan(data_dir, domain)
     job_folder = target + ".parts"
