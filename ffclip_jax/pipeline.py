@@ -174,8 +174,9 @@ class Editor:
     align: a dlib 68-point predictor file (or a loaded one) to FFHQ-align photos first; lpips: {"lpips_alex" /
     "lpips_vgg": network} for the refine stage (default: loaded from `weights` when first needed); devices: how many
     of this process's devices every batch is split over (an int, 'all', or None: `sharding.tool_devices`);
-    batch_size: rows per device call (None: DEFAULT_BATCH per device; rounded up to a multiple of the devices); frozen: 'replicate' or 'fsdp', how the networks' variables lie on the devices (fsdp:
-    arrays of at least fsdp_min_size elements split, `sharding.frozen_sharding`)."""
+    batch_size: rows per device call (None: DEFAULT_BATCH per device; rounded up to a multiple of the devices);
+    frozen: 'replicate' or 'fsdp', how the networks' variables lie on the devices (fsdp: arrays of at least
+    fsdp_min_size elements split, `sharding.frozen_sharding`)."""
 
     def __init__(self, mapper: Optional[Network] = None, generator: Optional[Network] = None, *,
                  clip: Optional[Network] = None, encoder: Optional[Network] = None, clip_dir: Optional[str] = None,
