@@ -13,9 +13,9 @@ The refinement stages run as `ffclip invert --refine` runs them (`Editor.refine_
 LPIPS-alex, upstream's settings but --refine-steps steps and no early stop), on one device and on every local device
 (`--one jax:1:w+`, `jax:all:w+`, `jax:1:pti`, `jax:all:pti`): images/s of refining --batch photos per device by
 --refine-steps steps, timed on a second call (the first compiles), and image-steps/s; the PyTorch refinement loops
-are bench/refine.py's. Their estimate scales the per-device rate to upstream's step counts (W+ 1000, PTI 350). On CPU, 'every local
-device' is one device: XLA already spreads it over the cores, and simulated CPU devices (XLA_FLAGS) share those
-cores, so they prove the sharded code correct (tests/test_multidevice.py), not faster.
+are bench/refine.py's. Their estimate scales the per-device rate to upstream's step counts (W+ 1000, PTI 350). On
+CPU, 'every local device' is one device: XLA already spreads it over the cores, and simulated CPU devices
+(XLA_FLAGS) share those cores, so they prove the sharded code correct (tests/test_multidevice.py), not faster.
 """
 import argparse
 import json

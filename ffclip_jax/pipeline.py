@@ -13,8 +13,8 @@ The stages, each usable alone: `align` (the largest face of each photo, FFHQ-ali
 of the e4e codes, or pivotal tuning of one generator per photo around them; `Refine` names the stage and its
 settings), `map_rows` (w + strength * mapper delta), `render_rows` (generator images), `render_tuned_rows` (rows on
 their photos' tuned generators), `sample_rows` (random w+). Every row runner runs fixed-size batches of `batch_size`
-rows (`batching.in_batches`), so each network compiles once whatever the number of rows, and every one calls the device through `Editor._run`
-(-> `batching.in_batches`, where the metrics and CLIP's text encoder call it too).
+rows (`batching.in_batches`), so each network compiles once whatever the number of rows, and every one calls the
+device through `Editor._run` (-> `batching.in_batches`, where the metrics and CLIP's text encoder call it too).
 
 Devices: `devices=N` (or 'all'; default every local device on an accelerator, one on CPU: `sharding.tool_devices`)
 splits every batch over a `data` mesh of this process's first N devices, the networks replicated on each (or with
@@ -111,8 +111,9 @@ class Encoded:
     skipped: List[Tuple[Any, str]]
     inputs: np.ndarray
     # with a refine stage: w the refined codes (PTI: the pivots, e4e's), `refinement` per photo (K,) the
-    # REFINEMENT_FIELDS of `ffclip_jax.refine.Refinement`, `messages` its failures; PTI: `params` the tuned generators' params, every
-    # leaf with a leading K axis (numpy), for `Editor.render_tuned_rows` (their buffers are the generator's)
+    # REFINEMENT_FIELDS of `ffclip_jax.refine.Refinement`, `messages` its failures; PTI: `params` the tuned
+    # generators' params, every leaf with a leading K axis (numpy), for `Editor.render_tuned_rows` (their buffers
+    # are the generator's)
     stage: Optional[str] = None
     refinement: Optional[Dict[str, np.ndarray]] = None
     messages: Tuple[str, ...] = ()
@@ -172,9 +173,10 @@ class Editor:
     says so in one line); clip_dir: the converted CLIP directory (key of the on-disk text-embedding cache);
     align: a dlib 68-point predictor file (or a loaded one) to FFHQ-align photos first; lpips: {"lpips_alex" /
     "lpips_vgg": network} for the refine stage (default: loaded from `weights` when first needed); devices: how many
-    of this process's devices every batch is split over (an int, 'all', or None: `sharding.tool_devices`); batch_size: rows per device call (None: DEFAULT_BATCH per device; rounded up to
-    a multiple of the devices); frozen: 'replicate' or 'fsdp', how the networks' variables lie on the devices (fsdp:
-    arrays of at least fsdp_min_size elements split, `sharding.frozen_sharding`)."""
+    of this process's devices every batch is split over (an int, 'all', or None: `sharding.tool_devices`);
+    batch_size: rows per device call (None: DEFAULT_BATCH per device; rounded up to a multiple of the devices);
+    frozen: 'replicate' or 'fsdp', how the networks' variables lie on the devices (fsdp: arrays of at least
+    fsdp_min_size elements split, `sharding.frozen_sharding`)."""
 
     def __init__(self, mapper: Optional[Network] = None, generator: Optional[Network] = None, *,
                  clip: Optional[Network] = None, encoder: Optional[Network] = None, clip_dir: Optional[str] = None,

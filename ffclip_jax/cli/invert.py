@@ -91,7 +91,7 @@ def main(argv=None) -> None:
     items = [os.path.abspath(f) for f in files]
     job = Parts(os.path.splitext(args.output)[0] + ".parts", items, args.part_size,
                 plan=encode_plan(editor, "invert", args.align, refine, resize=not args.no_resize,
-                                 save_tuned=os.path.abspath(args.save_tuned) if args.save_tuned else None))
+                                 **({"save_tuned": os.path.abspath(args.save_tuned)} if args.save_tuned else {})))
     tuned_names = unique_names([os.path.splitext(os.path.basename(f))[0] for f in files])
 
     def save_tuned(enc):

@@ -1,8 +1,8 @@
 """Photos to the `ffclip_latents` dataset in one resumable command (`ffclip data build --images DIR --encoder E4E`):
 every image under DIR (subfolders included, sorted by relative path) through the Editor's chain (align, e4e, and the
 refine stage when one is given: `refine`, W+ only, item k's random key k) in parts (`ffclip_jax.parts`: saved as
-they finish, split between processes with --distributed), then one dataset whose rows record their photo (`source`, relative to DIR) and its place in the input
-list (`index`).
+they finish, split between processes with --distributed), then one dataset whose rows record their photo (`source`,
+relative to DIR) and its place in the input list (`index`).
 
 The split: given file lists (`train_list` / `test_list`, one path relative to DIR per line; the inputs are the listed
 files), or the seeded rule (every image; a photo is in test when the first 8 bytes of sha256("<seed>:<path>"), read
