@@ -33,12 +33,15 @@ browser:
 
 demo: install
 	$(PY) train.py --config configs/tiny.py --workdir runs/tiny
-	rm -rf runs/tiny/edits runs/tiny/edits-photo
+	rm -rf runs/tiny/edits runs/tiny/edits-photo runs/tiny/edits-photo-pti
 	$(FFCLIP) edit --weights runs/tiny/weights --text "Bald" --text "Purple hair" --strength 0.5,1 \
 		--random 4 --seed 0 --output runs/tiny/edits
 	$(FFCLIP) edit --weights runs/tiny/weights --text "Bald" --text "Purple hair" --strength 0.5,1 \
 		--images runs/tiny/tiny_assets/photos --output runs/tiny/edits-photo
-	@echo "demo done: training grids in runs/tiny/grids/, edits in runs/tiny/edits/ and runs/tiny/edits-photo/ (grid.png)"
+	$(FFCLIP) edit --weights runs/tiny/weights --text "Bald" --text "Purple hair" --strength 0.5,1 \
+		--images runs/tiny/tiny_assets/photos --refine pti --refine-steps 10 --output runs/tiny/edits-photo-pti
+	@echo "demo done: training grids in runs/tiny/grids/, edits in runs/tiny/edits/ (grid.png); the photo's edits on" \
+		"e4e's inversion in runs/tiny/edits-photo/grid.png, on its PTI-tuned generator in runs/tiny/edits-photo-pti/grid.png"
 
 # the edit studio on the tiny default (trained by `make demo` first when missing): http://127.0.0.1:7860
 studio: $(VENV)/.installed-studio

@@ -16,8 +16,8 @@ runs every job without timing (networks built, JAX functions traced, nothing com
 
 A later bench/*.py joins by adding an entry to BENCHMARKS. A whole-script entry runs `script ARGS --json FILE` and
 keeps that JSON; a `row` dict in it (setting, ratio, and optionally jax/torch/peak; the name and target are this
-file's) fills its line in the table. The studio engine's batching benchmark (issue 22: the studio engine measured without a web server)
-joins that way as `studio/engine`; until then its row says it is not measured yet.
+file's) fills its line in the table. A `--one` job's JSON line may carry such a `row` too: the studio engine's batching
+(`studio/jax/engine`, no web server, no gradio) joins that way.
 """
 import argparse
 import dataclasses
@@ -40,8 +40,6 @@ from ffclip_jax.fileio import atomic_write, write_json_atomic  # noqa: E402  (nu
 
 GIB = 2 ** 30
 TARGETS = dict(generator_backward=1.3, train_step=3.0, memory_bytes=16 * GIB, studio_batching=3.0)
-STUDIO_ENGINE_PENDING = ("not yet: needs the studio engine (bench/studio.py measuring its batching without a web "
-                         "server)")
 
 
 @dataclasses.dataclass
@@ -93,13 +91,18 @@ def train_jobs(dev, s, work):
 
 
 def studio_jobs(dev, s, work):
-    """The Gradio server under 1, 4 and 16 clients, batched and not, where gradio is installed: the 1024 model on an
-    accelerator, 32 px on CPU (its 256 px run takes longer than the whole budget there: `bench/studio.py --sizes 256`
-    on its own). The engine-level `studio/engine` job is the studio engine's to add."""
-    if not dev["gradio"]:
-        return []
-    args = ["--quick", "--device"] if dev["platform"] != "cpu" else ["--quick", "--sizes", "32"]
-    return [Job("studio/gradio", "bench/studio.py", args, 300, whole=True, priority=4)]
+    """The studio engine's batching and slider frame time without a web server (`--one engine`, every device image
+    can run it): at the device's size on an accelerator, 32 px on CPU. The Gradio server under 1, 4 and 16 clients,
+    batched and not, where gradio is installed: the 1024 model on an accelerator, 32 px on CPU (its 256 px run takes
+    longer than the whole budget there: `bench/studio.py --sizes 256` on its own)."""
+    accel = dev["platform"] != "cpu"
+    engine = ["--one", "engine", "--size", s["size"] if accel else 32, "--iters", 1 if s["gen_iters"] == 1 else 3]
+    jobs = [Job("studio/jax/engine", "bench/studio.py", engine + (["--device"] if accel else []),
+                300 if accel else 900, priority=2)]
+    if dev["gradio"]:
+        args = ["--part", "gradio"] + (["--quick", "--device"] if accel else ["--quick", "--sizes", "32"])
+        jobs.append(Job("studio/gradio", "bench/studio.py", args, 300, whole=True, priority=4))
+    return jobs
 
 
 def refine_jobs(dev, s, work):
@@ -114,10 +117,13 @@ def refine_jobs(dev, s, work):
 
 def invert_jobs(dev, s, work):
     """e4e inversion through the Editor on one device and on every local device (where there is more than one),
-    the PyTorch e4e on one; the generator's size sets the styles, the input is e4e's 256 px (64 px with --tiny)."""
+    the PyTorch e4e on one; the generator's size sets the styles, the input is e4e's 256 px (64 px with --tiny);
+    the refinement stages (W+, PTI: 2 steps a call) likewise on one device and on every local device."""
     base = ["--size", s["size"], "--input-size", 64 if s["size"] < 256 else 256, "--batch", s["gen_batch"],
-            "--iters", s["gen_iters"], "--torch-device", dev["torch"]]
-    ones = ["torch", "jax:1"] + (["jax:all"] if dev["count"] > 1 else [])
+            "--iters", s["gen_iters"], "--torch-device", dev["torch"], "--refine-steps", 2]
+    every = dev["count"] > 1
+    ones = ["torch", "jax:1"] + (["jax:all"] if every else []) + [
+        f"jax:{n}:{stage}" for stage in ("w+", "pti") for n in ("1",) + (("all",) if every else ())]
     return [Job(f"invert/{one.replace(':', '/')}", "bench/invert.py", base + ["--one", one], s["gen_timeout"],
                 priority=3) for one in ones]
 
@@ -320,9 +326,8 @@ def rows(results, dev, s):
             out.append(row)
     if any(k.startswith("invert/") for k in results):
         out += invert_table_rows(results, dev, s)
-    out.append(whole_row(results.get("studio/engine"), "studio engine batching",
-                         "16 clients, batched vs one at a time", TARGETS["studio_batching"], accel,
-                         pending=STUDIO_ENGINE_PENDING))
+    out.append(whole_row(results.get("studio/jax/engine"), "studio engine batching",
+                         "16 clients, batched vs one at a time", TARGETS["studio_batching"], accel))
     out.append(whole_row(results.get("studio/gradio"), "studio server (Gradio)", "1/4/16 clients, gradio_client",
                          None, accel, pending=None if dev["gradio"] else "gradio not installed"))
     return out
@@ -330,7 +335,7 @@ def rows(results, dev, s):
 
 def invert_table_rows(results, dev, s):
     """e4e inversion: JAX on one device against PyTorch; every local device against one (the scaling, ideal = the
-    device count); the refinement stages' row until they are on main."""
+    device count); the refinement stages' images/s likewise (bench/refine.py has them against PyTorch)."""
     one, torch_r, every = (results.get(f"invert/{k}") for k in ("jax/1", "torch", "jax/all"))
     setting = f"{s['size']} px generator (e4e input 256), batch {s['gen_batch']}/device"
     row = dict(benchmark="e4e inversion, 1 device", setting=setting, jax=one["images_per_s"] if _ok(one) else None,
@@ -347,9 +352,26 @@ def invert_table_rows(results, dev, s):
         scale["status"] = "not measured (one device: simulated CPU devices share its cores, README)"
     else:
         scale["status"] = _why(every, True) if scale["ratio"] is None else f"{scale['ratio'] / n:.0%} of ideal"
-    refine = dict(benchmark="refinement (W+, PTI) images/s", setting="-", jax=None, torch=None, ratio=None,
-                  peak=None, target="-", status="not measured (the refinement stage is not on main yet)")
-    return [row, scale, refine]
+    out = [row, scale]
+    for stage, name in (("w+", "W+"), ("pti", "PTI")):
+        r1, rn = results.get(f"invert/jax/1/{stage}"), results.get(f"invert/jax/all/{stage}")
+        steps = r1.get("refine_steps") if _ok(r1) else None
+        rset = f"{s['size']} px, batch {s['gen_batch']}/device, {steps or 2} steps a call (images/s at those steps)"
+        one_row = dict(benchmark=f"{name} refinement, 1 device", setting=rset,
+                       jax=r1["images_per_s"] if _ok(r1) else None, torch=None, ratio=None,
+                       peak=r1["peak_bytes"] if _ok(r1) else None, target="-",
+                       status="-" if _ok(r1) else _why(r1, True))
+        all_row = dict(benchmark=f"{name} refinement, all {n} local devices", setting=rset + " (ratio: vs 1 device)",
+                       jax=rn["images_per_s"] if _ok(rn) else None, torch=None,
+                       peak=rn["peak_bytes"] if _ok(rn) else None, target=f"ideal {n}x")
+        all_row["ratio"] = all_row["jax"] / one_row["jax"] if all_row["jax"] and one_row["jax"] else None
+        if n == 1:
+            all_row["status"] = "not measured (one device: simulated CPU devices share its cores, README)"
+        else:
+            all_row["status"] = (_why(rn, True) if all_row["ratio"] is None
+                                 else f"{all_row['ratio'] / n:.0%} of ideal")
+        out += [one_row, all_row]
+    return out
 
 
 def whole_row(r, name, setting, target, accel, pending=None):

@@ -5,6 +5,8 @@ input meets the same rules and the same one-line errors everywhere.
   (H, W, 3). Grayscale, LA, P, RGBA (alpha dropped, as e4e's `convert('RGB')`), CMYK (PIL's conversion) become RGB;
   16-bit grayscale (I;16*, I) is scaled by 255/65535 and rounded. Arrays must be uint8 (H, W), (H, W, 1), (H, W, 3)
   or (H, W, 4). Every image is at least 1 pixel a side; a tool may ask for more, less or an exact size (`check_size`).
+  `MIN_PHOTO_SIDE` (16 pixels a side) is the least a photo to edit sensibly has, what the studio asks of uploads: a
+  smaller one holds no face to find or keep (e4e would blow each pixel up to a 16x16 block of its 256 px input).
 - Image folders: `list_images` takes files as given and the image files of folders (by extension, sorted).
 - Latents: one .npy array, floating point, (L, D) (one code) or (N, L, D) with N >= 1, every value finite, L and D
   those of the networks that use it.
@@ -28,6 +30,7 @@ from ffclip_jax.errors import InputError
 IMAGE_EXTENSIONS = (".png", ".jpg", ".jpeg", ".bmp", ".webp", ".tif", ".tiff")
 ARRAY_LAYOUTS = "a uint8 (H, W), (H, W, 1), (H, W, 3) or (H, W, 4) image"
 SIXTEEN_BIT_MODES = ("I", "I;16", "I;16L", "I;16B", "I;16N")
+MIN_PHOTO_SIDE = 16  # pixels a side of a photo to edit (the module docstring; the studio's uploads)
 LATENT_CHECK_CHUNK = 4096  # latents per NaN/inf check step (bounded memory on memory-mapped files)
 
 

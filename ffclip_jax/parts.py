@@ -21,6 +21,7 @@ is refused rather than mixed with the old parts. `crash_point` names the places 
 """
 from __future__ import annotations
 
+import dataclasses
 import json
 import os
 import shutil
@@ -154,35 +155,53 @@ class Parts:
 
 
 def encode_parts(editor, job: Parts, path_of=lambda item: item, *, resize: bool = True,
-                 desc: str = "inverting") -> None:
-    """This process's unsaved parts of image files through `editor.encode_files` (path_of(item) -> the file), each
-    saved as {"w": (K, L, D) codes, "kept": (K,) item indices} and {"skipped": [[item, reason]]}, with one progress
-    bar (images/s, ETA) over this process's share, resumed parts counted as done."""
+                 desc: str = "inverting", refine=None, on_part=None) -> None:
+    """This process's unsaved parts of image files through `editor.encode_files` (path_of(item) -> the file; refine:
+    its refine stage, item k's random key k), each saved as {"w": (K, L, D) codes, "kept": (K,) item indices, with
+    a refine stage "refinement_<field>" (K,)} and {"skipped": [[item, reason]], "messages": [...]}, with one progress
+    bar (images/s, ETA) over this process's share, resumed parts counted as done. on_part(enc): called with each
+    part's `Encoded` before the part is saved (PTI's tuned generators written there: a crash in between redoes the
+    part)."""
     total = sum(len(job.part_items(i)) for i in job.mine())
     with tqdm(total=total, initial=job.done_items(), desc=desc, unit="img", smoothing=0.1) as bar:
         for i in job.todo():
             start, end = job.range(i)
             enc = editor.encode_files([path_of(item) for item in job.items[start:end]], resize=resize,
-                                      progress=bar, allow_none=True, sources=range(start, end))
-            job.save(i, {"w": enc.w, "kept": np.asarray(enc.sources, np.int64)},
-                     {"skipped": [[job.items[k], reason] for k, reason in enc.skipped]})
+                                      progress=bar, allow_none=True, sources=range(start, end), refine=refine,
+                                      offset=start)
+            if on_part is not None:
+                on_part(enc)
+            refined = {f"refinement_{f}": a for f, a in (enc.refinement or {}).items()}
+            job.save(i, {"w": enc.w, "kept": np.asarray(enc.sources, np.int64), **refined},
+                     {"skipped": [[job.items[k], reason] for k, reason in enc.skipped],
+                      "messages": list(enc.messages)})
 
 
 def merged_codes(job: Parts) -> Encoded:
     """Every part of `encode_parts` in order: codes w (K, L, D), `sources` the indices of the kept items, `skipped`
-    [(item, reason)] (no encoder inputs)."""
+    [(item, reason)], with a refine stage `refinement` and `messages` (no encoder inputs, no tuned params)."""
     parts = job.load_all()
     w = np.concatenate([arrays["w"] for arrays, _ in parts])
     kept = np.concatenate([arrays["kept"] for arrays, _ in parts])
     skipped = [(item, reason) for _, info in parts for item, reason in info["skipped"]]
-    return Encoded(w, [int(k) for k in kept], skipped, np.zeros((0, 0, 0, 3), np.float32))
+    fields = [k[len("refinement_"):] for k in parts[0][0] if k.startswith("refinement_")]
+    refinement = {f: np.concatenate([arrays[f"refinement_{f}"] for arrays, _ in parts]) for f in fields} or None
+    messages = tuple(m for _, info in parts for m in info.get("messages", []))
+    return Encoded(w, [int(k) for k in kept], skipped, np.zeros((0, 0, 0, 3), np.float32),
+                   refinement=refinement, messages=messages)
 
 
-def encode_plan(editor, tool: str, align: Optional[str], **options) -> Dict[str, Any]:
+def encode_plan(editor, tool: str, align: Optional[str], refine=None, **options) -> Dict[str, Any]:
     """What decides the codes of an `encode_parts` job besides its files: the encoder's directory, the face predictor
     file, the rows each device computes at once (the same rows per device give the same codes bit for bit, whatever
-    the device or process count) and the tool's own options."""
+    the device or process count), the refine stage (its settings and seed) and the tool's own options."""
     encoder = editor.weights.networks.get("e4e") if editor.weights is not None else None
+    networks = editor.weights.networks if editor.weights is not None else {}
+    used = ("generator", "lpips_vgg" if refine is not None and refine.stage == "w+" else "lpips_alex")
+    stage = None if refine is None else {"stage": refine.stage, "seed": refine.seed,
+                                         "settings": dataclasses.asdict(refine.settings),
+                                         **{n: os.path.abspath(networks[n]) if n in networks else None for n in used}}
     return {"tool": tool, "encoder": os.path.abspath(encoder) if encoder else None,
             "align": os.path.abspath(align) if align else None,
-            "rows_per_device": editor.batch_size // len(editor.devices), **options}
+            "rows_per_device": editor.batch_size // len(editor.devices), **({"refine": stage} if stage else {}),
+            **options}

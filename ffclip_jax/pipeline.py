@@ -5,19 +5,25 @@
     r.images      # (N, P, S, H, W, 3) float32 in [-1, 1]; r.latents (N, P, S, L, D)
     codes = editor.invert(photos)                 # (N, L, D): aligned first when the Editor has a predictor
     enc = editor.encode_files(paths)              # the file tools: unreadable or faceless photos skipped and listed
+    enc = editor.invert(photos, refine="pti", steps=100)   # Encoded: enc.w pivots, enc.params per-image generators
+    r = editor.edit(photos, "blue hair", refine="pti")     # (or editor.edit(enc, ...)): rendered on each tuned G
 
 The stages, each usable alone: `align` (the largest face of each photo, FFHQ-aligned at the encoder's input size),
-`invert_rows` (e4e on preprocessed photos), `refiner` (the slot between invert and map for a refinement stage;
-None: e4e's codes are used as they are), `map_rows` (w + strength * mapper delta), `render_rows` (generator images),
-`sample_rows` (random w+). Every row runner runs fixed-size batches of `batch_size` rows (`batching.in_batches`),
-so each network compiles once whatever the number of rows, and every one calls the device through `Editor._run`
-(-> `batching.in_batches`, where the metrics and CLIP's text encoder call it too).
+`invert_rows` (e4e on preprocessed photos), `refine_rows` (the refine stage, `ffclip_jax.refine`: W+ optimisation
+of the e4e codes, or pivotal tuning of one generator per photo around them; `Refine` names the stage and its
+settings), `map_rows` (w + strength * mapper delta), `render_rows` (generator images), `render_tuned_rows` (rows on
+their photos' tuned generators), `sample_rows` (random w+). Every row runner runs fixed-size batches of `batch_size`
+rows (`batching.in_batches`), so each network compiles once whatever the number of rows, and every one calls the
+device through `Editor._run` (-> `batching.in_batches`, where the metrics and CLIP's text encoder call it too).
 
 Devices: `devices=N` (or 'all'; default every local device on an accelerator, one on CPU: `sharding.tool_devices`)
 splits every batch over a `data` mesh of this process's first N devices, the networks replicated on each (or with
 frozen='fsdp' their large arrays split, the `sharding.frozen` rule of training). The default batch is DEFAULT_BATCH
 rows per device; a given batch size is rounded up to a multiple of the devices. A row's result does not depend on
 the device count: N devices at b rows each compute bit for bit what one device computes at batch b.
+The refinement splits its batches the same way (each device refines its own photos; PTI's tuned parameters stay on
+the device of their photo while it is tuned); photo i's randomness is keyed by its index in the call (with
+`encode_files`, `offset` + its position), so it does not depend on the batch or device count either.
 `map_latents` and `render` are the jitted networks themselves (any batch) for use inside user code. Every tool (edit,
 invert, evaluate, the studio) is a client of this class; `align` the tool needs no networks (`ffclip_jax.align`).
 """
@@ -39,6 +45,8 @@ from ffclip_jax.batching import bucket, in_batches, jit_apply, round_up
 from ffclip_jax.errors import CheckpointError, InputError
 from ffclip_jax.models.stylegan2 import Generator
 from ffclip_jax.nn.image_ops import adaptive_avg_pool2d
+from ffclip_jax.refine import (PTISettings, WPlusSettings, check_settings, refine_pti, refine_w_plus, render_tuned,
+                               save_generator)
 from ffclip_jax.sharding import FSDP_MIN_SIZE, frozen_sharding, make_mesh, put, tool_devices
 from ffclip_jax.text.embeddings import prompt_embeddings
 from ffclip_jax.weights import pretrained
@@ -47,8 +55,38 @@ from ffclip_jax.weights.manifest import WeightsDir, resolve
 DEFAULT_BATCH = 8  # rows per device of one device call
 EDIT_NETWORKS = ("mapper", "generator", "clip", "e4e")  # what `from_pretrained` loads when the directory has it
 Network = Tuple[Any, Any]  # (flax module, variables), what `pretrained.load` returns
-# the refinement slot: (encoder inputs (B, H, W, 3) in [-1, 1], e4e codes (B, L, D)) -> refined codes (B, L, D)
-Refiner = Callable[[np.ndarray, np.ndarray], np.ndarray]
+REFINE_STAGES = {"w+": ("lpips_vgg", WPlusSettings), "pti": ("lpips_alex", PTISettings)}  # stage: LPIPS, settings
+REFINEMENT_FIELDS = ("steps", "converged", "failed", "lpips_start", "mse_start", "lpips", "mse")
+
+
+@dataclasses.dataclass(frozen=True)
+class Refine:
+    """The refine stage of the chain (`ffclip_jax.refine`): 'w+' (W+ optimisation from the e4e code, LPIPS-VGG) or
+    'pti' (pivotal tuning of the generator around the e4e code, LPIPS-alex), its settings (`WPlusSettings` /
+    `PTISettings`; None: upstream's defaults) and seed (photo i's randomness: fold_in(PRNGKey(seed), i))."""
+    stage: str
+    settings: Any = None
+    seed: int = 0
+
+    @classmethod
+    def of(cls, refine, steps: Optional[int] = None) -> Optional["Refine"]:
+        """None, 'w+', 'pti' or a Refine, with `steps` (when given) replacing its settings' steps, checked: a bad
+        value is a one-line InputError."""
+        if refine is None:
+            if steps is not None:
+                raise InputError(f"refinement steps ({steps}) given without a refine stage: refine='w+' or 'pti'")
+            return None
+        spec = refine if isinstance(refine, Refine) else cls(refine)
+        if not isinstance(spec.stage, str) or spec.stage not in REFINE_STAGES:
+            raise InputError(f"refine must be one of {', '.join(REFINE_STAGES)} (or None), got {spec.stage!r}")
+        kind = REFINE_STAGES[spec.stage][1]
+        settings = kind() if spec.settings is None else spec.settings
+        if not isinstance(settings, kind):
+            raise InputError(f"refine {spec.stage!r} takes {kind.__name__}, got {type(settings).__name__}")
+        if steps is not None:
+            settings = dataclasses.replace(settings, steps=steps)
+        check_settings(settings)
+        return dataclasses.replace(spec, settings=settings)
 
 
 @dataclasses.dataclass
@@ -72,6 +110,21 @@ class Encoded:
     sources: List[Any]
     skipped: List[Tuple[Any, str]]
     inputs: np.ndarray
+    # with a refine stage: w the refined codes (PTI: the pivots, e4e's), `refinement` per photo (K,) the
+    # REFINEMENT_FIELDS of `ffclip_jax.refine.Refinement`, `messages` its failures; PTI: `params` the tuned
+    # generators' params, every leaf with a leading K axis (numpy), for `Editor.render_tuned_rows` (their buffers
+    # are the generator's)
+    stage: Optional[str] = None
+    refinement: Optional[Dict[str, np.ndarray]] = None
+    messages: Tuple[str, ...] = ()
+    params: Any = None
+
+    def rows(self, start: int, end: int) -> "Encoded":
+        """Photos [start, end) of this result (their codes, sources, refinement, tuned params, kept inputs)."""
+        cut = lambda tree: None if tree is None else jax.tree.map(lambda a: a[start:end], tree)
+        return dataclasses.replace(self, w=self.w[start:end], sources=self.sources[start:end],
+                                   inputs=self.inputs[start:end], refinement=cut(self.refinement),
+                                   params=cut(self.params))
 
 
 def to_unit_range(images_uint8: np.ndarray) -> np.ndarray:
@@ -118,16 +171,17 @@ class Editor:
 
     mapper, generator, clip, encoder: (module, variables) pairs, each optional (a method that needs a missing one
     says so in one line); clip_dir: the converted CLIP directory (key of the on-disk text-embedding cache);
-    align: a dlib 68-point predictor file (or a loaded one) to FFHQ-align photos first; refiner: the refinement
-    stage (`Refiner`); devices: how many of this process's devices every batch is split over (an int, 'all', or
-    None: `sharding.tool_devices`); batch_size: rows per device call (None: DEFAULT_BATCH per device; rounded up to
-    a multiple of the devices); frozen: 'replicate' or 'fsdp', how the networks' variables lie on the devices (fsdp:
-    arrays of at least fsdp_min_size elements split, `sharding.frozen_sharding`)."""
+    align: a dlib 68-point predictor file (or a loaded one) to FFHQ-align photos first; lpips: {"lpips_alex" /
+    "lpips_vgg": network} for the refine stage (default: loaded from `weights` when first needed); devices: how many
+    of this process's devices every batch is split over (an int, 'all', or None: `sharding.tool_devices`);
+    batch_size: rows per device call (None: DEFAULT_BATCH per device; rounded up to a multiple of the devices);
+    frozen: 'replicate' or 'fsdp', how the networks' variables lie on the devices (fsdp: arrays of at least
+    fsdp_min_size elements split, `sharding.frozen_sharding`)."""
 
     def __init__(self, mapper: Optional[Network] = None, generator: Optional[Network] = None, *,
                  clip: Optional[Network] = None, encoder: Optional[Network] = None, clip_dir: Optional[str] = None,
                  weights: Optional[WeightsDir] = None, batch_size: Optional[int] = None,
-                 cache_dir: Optional[str] = None, align=None, refiner: Optional[Refiner] = None,
+                 cache_dir: Optional[str] = None, align=None, lpips: Optional[Dict[str, Network]] = None,
                  devices: Union[int, str, None] = None, frozen: str = "replicate",
                  fsdp_min_size: int = FSDP_MIN_SIZE):
         if batch_size is not None and batch_size < 1:
@@ -141,7 +195,7 @@ class Editor:
         n = self.mesh.size
         self.batch_size = DEFAULT_BATCH * n if batch_size is None else round_up(batch_size, n)
         self.predictor = _predictor(align)
-        self.refiner = refiner
+        self._lpips = {name: self._placed(net) for name, net in (lpips or {}).items()}
         self._embeddings: Dict[str, np.ndarray] = {}
         self._check_shapes()
 
@@ -149,18 +203,35 @@ class Editor:
     def from_pretrained(cls, directory: str, *, e4e: Optional[str] = None, clip: Optional[str] = None,
                         generator: Optional[str] = None, align=None, batch_size: Optional[int] = None,
                         cache_dir: Optional[str] = None, networks: Sequence[str] = EDIT_NETWORKS,
-                        devices: Union[int, str, None] = None, frozen: str = "replicate") -> "Editor":
+                        devices: Union[int, str, None] = None, frozen: str = "replicate",
+                        lpips: Optional[str] = None) -> "Editor":
         """The mapper, generator, CLIP and e4e a weights directory has (`ffclip convert all` output, trainer export
-        or workdir, a converted ffclip or e4e directory), or only those of `networks`; e4e/clip/generator name other
-        converted directories to use instead; align: a predictor file (read before any network is loaded);
+        or workdir, a converted ffclip or e4e directory), or only those of `networks`; e4e/clip/generator/lpips
+        name other converted directories to use instead (lpips: an LPIPS directory of either backbone); the refine
+        stage's LPIPS is loaded when first used; align: a predictor file (read before any network is loaded);
         devices, frozen: see the class."""
         weights = resolve(directory).with_overrides(e4e=e4e, clip=clip, generator=generator)
+        if lpips:
+            model = pretrained.read_meta(lpips)["model"]
+            if model not in ("lpips_alex", "lpips_vgg"):
+                raise CheckpointError(f"--lpips {lpips}: holds a {model!r} model, expected an LPIPS network")
+            weights = weights.with_overrides(**{model: lpips})
         tool_devices(devices)  # a bad count fails before any network is loaded
         predictor = _predictor(align)
         nets = {name: pretrained.load(weights.path(name)) for name in networks if weights.has(name)}
         return cls(nets.get("mapper"), nets.get("generator"), clip=nets.get("clip"), encoder=nets.get("e4e"),
                    clip_dir=weights.networks.get("clip"), weights=weights, batch_size=batch_size,
                    cache_dir=cache_dir, align=predictor, devices=devices, frozen=frozen)
+
+    def lpips(self, network: str) -> Network:
+        """The refine stage's LPIPS network ('lpips_alex' or 'lpips_vgg'), loaded from the weights directory once."""
+        if network not in self._lpips:
+            if self.weights is None or not self.weights.has(network):
+                where = f"weights directory {self.weights.root}" if self.weights else "this Editor"
+                raise CheckpointError(f"{where} has no {network}: needed for refinement (convert it with `ffclip "
+                                      f"convert lpips`, or pass its directory: --lpips DIR)")
+            self._lpips[network] = self._placed(pretrained.load(self.weights.path(network)))
+        return self._lpips[network]
 
     def _need(self, network: str, needed_for: str) -> Network:
         net = {"mapper": self.mapper, "generator": self.generator, "CLIP model": self.clip,
@@ -262,6 +333,61 @@ class Editor:
         batch = bucket(len(w), self.batch_size) if small else self.batch_size
         return self._run(self._need("generator", "rendering"), [w], batch, progress, input_is_latent=True)
 
+    def refine_size(self) -> int:
+        """The size (S, S) of the photos the refine stage fits: the generator's (a square encoder input only)."""
+        generator = self._need("generator", "refinement (it fits the generator's images to the photos)")[0]
+        h, w = self.input_size
+        if h != w:
+            raise CheckpointError(f"refinement needs square photos: this encoder takes {h}x{w} ones, which the "
+                                  f"{generator.size} px generator renders padded (cars)")
+        return generator.size
+
+    def refine_rows(self, targets, w, indices, refine: Refine, progress=False) -> Dict[str, Any]:
+        """The refine stage on rows: photos `targets` (R, S, S, 3) in [-1, 1] at `refine_size`, their e4e codes w
+        (R, L, D), `indices` (R,) ints (the photos' random keys and message names) -> {"w": refined codes (PTI: the
+        pivots), the REFINEMENT_FIELDS (R,), "messages": tuple, PTI: "params" (tuned, leading R axis, numpy)}; in
+        fixed-size batches split over the devices (`run`), a short batch padded. progress: a bar per batch."""
+        spec = Refine.of(refine)
+        generator = self._need("generator", "refinement")
+        lpips = self.lpips(REFINE_STAGES[spec.stage][0])
+        messages = []
+
+        def one_batch(targets, w, indices):
+            fn = refine_w_plus if spec.stage == "w+" else refine_pti
+            r = fn(generator, lpips, w, targets, spec.settings, seed=spec.seed, progress=progress, mesh=self.mesh,
+                   indices=indices)
+            messages.extend(r.messages)
+            out = {f: getattr(r, f) for f in REFINEMENT_FIELDS}
+            return dict(out, w=r.codes, ) if spec.stage == "w+" else dict(out, w=r.pivots, params=r.params)
+
+        out = self.run(one_batch, [np.asarray(targets, np.float32), np.asarray(w, np.float32),
+                                   np.asarray(indices, np.int64)])
+        return dict(out, messages=tuple(dict.fromkeys(messages)))  # a padded row repeats its photo's message
+
+    def render_tuned_rows(self, params, w, progress=None) -> np.ndarray:
+        """Rows on their photos' tuned generators: params (PTI's, every leaf with a leading N axis), w (N, K, L, D)
+        -> images (N, K, H, W, 3): row [i, k] rendered by photo i's generator (`refine.render_tuned`), in batches
+        of photos split over the devices, each photo's generator on the device that renders its rows."""
+        generator, variables = self._need("generator", "rendering")
+        buffers = variables.get("buffers", {})
+        fn = lambda params, w: render_tuned(generator, params, buffers, w, mesh=self.mesh)
+        return self.run(fn, [params, np.asarray(w, np.float32)], progress=progress)
+
+    def tuned_variables(self, params, row: int):
+        """Photo `row`'s tuned generator variables ({"params", "buffers"}, for the generator's `apply`) from PTI's
+        stacked params (`Encoded.params`)."""
+        buffers = self._need("generator", "tuned generators")[1].get("buffers", {})
+        return {"params": jax.tree.map(lambda a: np.asarray(a[row]), params), "buffers": buffers}
+
+    def save_tuned(self, directory: str, enc: "Encoded", row: int, extra: Optional[Dict[str, Any]] = None) -> None:
+        """Photo `row`'s tuned generator (`enc` from the PTI stage) as a converted generator directory (replaced if
+        there): `pretrained.load(directory)` renders its pivot `enc.w[row]` as the tuned generator does."""
+        if enc.params is None:
+            raise InputError("no tuned generators to save: refine with 'pti'")
+        facts = {f: enc.refinement[f][row].item() for f in REFINEMENT_FIELDS}
+        save_generator(directory, self.generator[0], self.tuned_variables(enc.params, row),
+                       extra=dict(facts, **(extra or {})), overwrite=True)
+
     def _w_plus_rows(self, z: np.ndarray, truncations: np.ndarray) -> np.ndarray:
         return self._run(self._need("generator", "random samples"), [z, truncations], method=Generator.w_plus)
 
@@ -293,36 +419,45 @@ class Editor:
 
     # ---- photos to w+ ------------------------------------------------------------------------------------------
 
-    def _prepare(self, image, name: str, resize: bool, align: bool) -> np.ndarray:
+    def _prepare(self, image, name: str, resize: bool, align: bool,
+                 target_size: Optional[int] = None) -> Tuple[np.ndarray, Optional[np.ndarray]]:
         """One photo as the encoder takes it: aligned (with a predictor, unless align=False; no face is an
-        InputError), `encoder_input` -> (H, W, 3) float32 in [-1, 1]."""
+        InputError), `encoder_input` -> (H, W, 3) float32 in [-1, 1]; with target_size S, also the same photo
+        (aligned) at (S, S) for the refine stage (`encoder_input`'s resize: PIL bilinear), else None."""
         size = self.input_size
         if align and self.predictor is not None:
             aligned, _ = align_for_encoder([inputs.to_rgb(image, name)], self.predictor, size)
             if not aligned:
                 raise InputError(f"{name}: no face found")
             image = aligned[0]
-        return encoder_input(image, size, resize, name)
+        x = encoder_input(image, size, resize, name)
+        return x, None if target_size is None else encoder_input(image, (target_size, target_size), True, name)
 
     def _encode(self, items: Iterable[Tuple[Any, Callable[[], Any], str]], *, skip: bool, resize: bool,
-                keep_inputs: int, progress, total: int, align: bool = True) -> Encoded:
+                keep_inputs: int, progress, total: int, align: bool = True, refine: Optional[Refine] = None,
+                offset: int = 0) -> Encoded:
         """The chain up to w+ over (source, read, name) items (read() -> an image), streamed in batches: read,
-        align (with a predictor, unless align=False), preprocess, e4e, refine (with a refiner). skip: an
-        unreadable or faceless photo is skipped and listed (else its InputError propagates). progress: True (a
-        bar of its own), False, or a tqdm bar to advance by one per photo."""
-        codes, sources, skipped, kept, batch = [], [], [], [], []
+        align (with a predictor, unless align=False), preprocess, e4e, the refine stage (`refine`; the k-th item's
+        index `offset` + k). skip: an unreadable or faceless photo is skipped and listed (else its InputError
+        propagates). progress: True (a bar of its own), False, or a tqdm bar to advance by one per photo."""
+        codes, sources, skipped, kept, batch, targets, indices, refined = [], [], [], [], [], [], [], []
+        target_size = self.refine_size() if refine is not None else None
 
         def flush():
             x = np.stack(batch)
             w = self.invert_rows(x)
-            codes.append(self.refiner(x, w) if self.refiner is not None else w)
-            batch.clear()
+            if refine is None:
+                codes.append(w)
+            else:
+                refined.append(self.refine_rows(np.stack(targets), w, indices, refine, progress=bool(progress)))
+                codes.append(refined[-1]["w"])
+            batch.clear(), targets.clear(), indices.clear()
 
         own = not hasattr(progress, "update")
         bar = tqdm(total=total, desc="inverting", unit="img", disable=not progress) if own else progress
-        for source, read, name in items:
+        for k, (source, read, name) in enumerate(items):
             try:
-                x = self._prepare(read(), name, resize, align)
+                x, target = self._prepare(read(), name, resize, align, target_size)
             except InputError as e:
                 if not skip:
                     raise
@@ -332,7 +467,7 @@ class Editor:
             sources.append(source)
             if len(kept) < keep_inputs:
                 kept.append(x)
-            batch.append(x)
+            batch.append(x), targets.append(target), indices.append(offset + k)
             if len(batch) == self.batch_size:
                 flush()
             bar.update(1)
@@ -341,29 +476,44 @@ class Editor:
         if own:
             bar.close()
         w = np.concatenate(codes) if codes else np.zeros((0,) + self.latent_shape, np.float32)
-        return Encoded(w, sources, skipped, np.asarray(kept, np.float32).reshape((-1,) + self.input_size + (3,)))
+        enc = Encoded(w, sources, skipped, np.asarray(kept, np.float32).reshape((-1,) + self.input_size + (3,)))
+        if refine is None:
+            return enc
+        joined = lambda key: jax.tree.map(lambda *a: np.concatenate(a), *[r[key] for r in refined]) if refined \
+            else None
+        empty = {f: np.zeros((0,), bool if f in ("converged", "failed") else np.float32) for f in REFINEMENT_FIELDS}
+        return dataclasses.replace(enc, stage=refine.stage,
+                                   refinement={f: joined(f) if refined else empty[f] for f in REFINEMENT_FIELDS},
+                                   messages=tuple(m for r in refined for m in r["messages"]),
+                                   params=joined("params") if refine.stage == "pti" else None)
 
-    def invert(self, images: Iterable, *, align: bool = True, resize: bool = True,
-               progress: bool = False) -> np.ndarray:
+    def invert(self, images: Iterable, *, align: bool = True, resize: bool = True, progress: bool = False,
+               refine=None, steps: Optional[int] = None):
         """Photos ((N, H, W, 3) uint8 array or a list of arrays / PIL images, any size with resize=True) -> w+
         (N, L, D): aligned first with a predictor (a photo without a face is an error; align=False: the photos are
-        aligned already), e4e, the refiner if set."""
+        aligned already), e4e. refine: None (e4e's codes), 'w+', 'pti' or a `Refine` (steps: its settings'
+        steps): the refine stage too, and then an `Encoded` is returned (w the refined codes, for PTI the pivots,
+        and `params` photo i's tuned generator at row i; `refinement` the per-photo numbers)."""
+        spec = Refine.of(refine, steps)
         images = list(images)
         if not images:
             raise InputError("no images to invert")
         items = ((i, lambda im=im: im, f"image {i}") for i, im in enumerate(images))
-        return self._encode(items, skip=False, resize=resize, keep_inputs=0, progress=progress,
-                            total=len(images), align=align).w
+        enc = self._encode(items, skip=False, resize=resize, keep_inputs=0, progress=progress,
+                           total=len(images), align=align, refine=spec)
+        return enc.w if spec is None else enc
 
     def encode_files(self, files: Sequence[str], *, resize: bool = True, keep_inputs: int = 0,
-                     progress=True, allow_none: bool = False, sources: Optional[Sequence] = None) -> Encoded:
+                     progress=True, allow_none: bool = False, sources: Optional[Sequence] = None,
+                     refine=None, steps: Optional[int] = None, offset: int = 0) -> Encoded:
         """Image files through the chain up to w+ (`inputs.read_image`: EXIF orientation applied), streamed;
         unreadable photos and, with a predictor, photos without a face are skipped and listed (none kept is an
         error unless allow_none); the first `keep_inputs` encoder inputs are kept (grids); progress: as `_encode`;
-        sources: what `Encoded.sources` and `skipped` call each file (default: the files)."""
+        sources: what `Encoded.sources` and `skipped` call each file (default: the files); refine, steps: the
+        refine stage, as `invert` (file k's random key: offset + k)."""
         items = ((s, functools.partial(inputs.read_image, f), f) for s, f in zip(sources or files, files))
         enc = self._encode(items, skip=True, resize=resize, keep_inputs=keep_inputs, progress=progress,
-                           total=len(files))
+                           total=len(files), refine=Refine.of(refine, steps), offset=offset)
         if not enc.sources and not allow_none:
             raise none_readable(len(files), enc.skipped, self.predictor is not None)
         return enc
@@ -371,7 +521,7 @@ class Editor:
     def encoder_inputs(self, files: Sequence[str], resize: bool = True) -> np.ndarray:
         """The photos of readable files as the encoder sees them (read, aligned with a predictor, preprocessed), no
         network run: (N, H, W, 3) float32 in [-1, 1] (grids of a run whose codes are computed already)."""
-        return np.stack([self._prepare(inputs.read_image(f), f, resize, True) for f in files])
+        return np.stack([self._prepare(inputs.read_image(f), f, resize, True)[0] for f in files])
 
     # ---- edits ---------------------------------------------------------------------------------------------
 
@@ -386,20 +536,37 @@ class Editor:
             return inputs.check_latents(np.asarray(x), expected, "latents").astype(np.float32)
         return self.invert(x)
 
-    def edit(self, images_or_latents, prompts: Union[str, Sequence[str]], strength=1.0,
-             progress: bool = False) -> EditResult:
+    def edit(self, images_or_latents, prompts: Union[str, Sequence[str]], strength=1.0, progress: bool = False,
+             refine=None, steps: Optional[int] = None) -> EditResult:
         """Edit every source with every prompt at every strength (see `EditResult`; `inputs.prompts` and
-        `inputs.strengths` rules). images_or_latents: uint8 photos (through `invert`) or w+ latents."""
+        `inputs.strengths` rules). images_or_latents: uint8 photos (through `invert`), w+ latents, or an `Encoded`
+        (`invert(..., refine=...)`'s, `encode_files`'). refine, steps: photos through the refine stage first (as
+        `invert`). With PTI's tuned generators each photo's reconstruction and edits are rendered on its own
+        generator (the mapper edits the pivot)."""
         prompts = inputs.prompts(prompts)
         strengths = inputs.strengths(strength)
-        w = self.source_latents(images_or_latents)
+        spec = Refine.of(refine, steps)
+        source = images_or_latents
+        if spec is not None:
+            if isinstance(source, Encoded) or (isinstance(source, (np.ndarray, jax.Array))
+                                               and np.issubdtype(source.dtype, np.floating)):
+                raise InputError("refine needs photos: latents (or an Encoded result) have no photo to fit")
+            source = self.invert(source, refine=spec)
+        w = source.w if isinstance(source, Encoded) else self.source_latents(source)
+        params = source.params if isinstance(source, Encoded) else None
         e = self.text_embeddings(prompts)
         n, p, s = len(w), len(prompts), len(strengths)
         idx_n, idx_p, idx_s = (a.ravel() for a in np.meshgrid(np.arange(n), np.arange(p), np.arange(s),
                                                               indexing="ij"))
         edited = self.map_rows(w[idx_n], e[idx_p], np.asarray(strengths, np.float32)[idx_s])
-        with tqdm(total=n + len(edited), desc="rendering", unit="img", disable=not progress) as bar:
-            recon = self.render_rows(w, progress=bar)
-            images = self.render_rows(edited, progress=bar)
+        if params is None:
+            with tqdm(total=n + len(edited), desc="rendering", unit="img", disable=not progress) as bar:
+                recon = self.render_rows(w, progress=bar)
+                images = self.render_rows(edited, progress=bar)
+        else:  # row 0 of each photo its reconstruction, then its edits, on its tuned generator
+            rows = np.concatenate([w[:, None], edited.reshape((n, p * s) + w.shape[1:])], axis=1)
+            with tqdm(total=n, desc="rendering", unit="photo", disable=not progress) as bar:
+                out = self.render_tuned_rows(params, rows, progress=bar)
+            recon, images = out[:, 0], out[:, 1:].reshape((n * p * s,) + out.shape[2:])
         return EditResult(images.reshape((n, p, s) + images.shape[1:]), edited.reshape((n, p, s) + w.shape[1:]),
                           w, recon, prompts, strengths)

@@ -14,6 +14,13 @@ progress bar is updated. Both stages render with the generator's fixed noise buf
 and PTI's tuning do); noise is not optimised (see WPlusSettings). A non-finite loss or gradient stops that image, which
 keeps its input (the e4e code; the original generator) and is named in `messages`; the others go on.
 
+Devices: `mesh=` (a 1-D `data` mesh, `ffclip_jax.sharding`) splits the images over its devices: the k-th 1/D of them
+on its k-th device, the networks copied to each, and every compiled call runs per device on that device's images
+(dispatched to all devices before any result is awaited). Each device thus runs exactly the program one device runs
+at that batch (the same bits; SPMD partitioning of the batched step was measured to round differently), and PTI's
+per-image generator parameters live on the device of their image (`PTIResult.params`: split along `data`). The image
+count must be a multiple of the device count (the Editor pads).
+
 Defaults are upstream's, one table: `WPlusSettings` (rosinality/stylegan2-pytorch `projector.py`, the W+ projector
 GANInverter's benchmark runs) and `PTISettings` (danielroich/PTI `configs/hyperparameters.py`,
 `training/coaches/{base,single_id}_coach.py`, `criteria/localitly_regulizer.py`).
@@ -33,10 +40,13 @@ import optax
 
 from tqdm.auto import tqdm
 
+from jax.sharding import Mesh
+
 from ffclip_jax.errors import InputError
 from ffclip_jax.models.arcface import arcface_input
 from ffclip_jax.models.lpips import LPIPS
 from ffclip_jax.nn import image_ops
+from ffclip_jax.sharding import batch_sharding
 from ffclip_jax.weights import pretrained
 
 Network = Tuple[Any, Any]  # (flax module, variables), what pretrained.load returns
@@ -241,10 +251,12 @@ def locality_z(key, step, samples: int, style_dim: int, dtype=jnp.float32):
     return jax.random.normal(jax.random.fold_in(key, step), (samples, style_dim), dtype)
 
 
-def image_keys(seed: int, n: int):
-    """One PRNG key per image: fold_in(PRNGKey(seed), index), so an image's randomness does not depend on the batch."""
+def image_keys(seed: int, indices):
+    """One PRNG key per image: fold_in(PRNGKey(seed), index) for each of `indices` (an int n: 0 .. n-1), so an image's
+    randomness does not depend on the batch it is refined in."""
     base = jax.random.PRNGKey(seed)
-    return jax.vmap(lambda i: jax.random.fold_in(base, i))(jnp.arange(n))
+    indices = jnp.arange(indices) if np.ndim(indices) == 0 else jnp.asarray(np.asarray(indices), jnp.int32)
+    return jax.vmap(lambda i: jax.random.fold_in(base, i))(indices)
 
 
 # ---- the compiled loop -------------------------------------------------------------------------------------------
@@ -428,9 +440,10 @@ def _evaluate(program: _Program, x, per, shared):
 _evaluate_jit = jax.jit(lambda program, *args: _evaluate(program, *args), static_argnums=0)
 
 
-def _evaluated(program: _Program, x, per, shared):
-    """_evaluate, compiled once whatever the loop and the regulariser (they do not enter it)."""
-    return _evaluate_jit(program._replace(loop="-", locality=False, samples=1), x, per, shared)
+def _evaluated(program: _Program, x, per, copies, mesh):
+    """_evaluate per device, compiled once whatever the loop and the regulariser (they do not enter it)."""
+    program = program._replace(loop="-", locality=False, samples=1)
+    return _per_device(mesh, lambda xp, shared: _evaluate_jit(program, *xp, shared), (x, per), copies)
 
 
 def _target_constants(program: _Program, shared, targets):
@@ -467,55 +480,110 @@ def _progress_reporter(progress: Progress, total: int, desc: str):
     return report, bar.close
 
 
-def _unstack(tree, n: int):
-    return [jax.tree.map(lambda a: a[i], tree) for i in range(n)]
+# ---- devices: units of images, each on one device --------------------------------------------------------------
+
+class _Unit(NamedTuple):
+    """Images [start, end) of a batch on `device` (None: wherever they are, no mesh); single: one image, unbatched."""
+    device: Any
+    start: int
+    end: int
+    single: bool
 
 
-def _advance(program: _Program, state, done: int, end: int, per, shared):
-    """Steps `done` .. `end` of every running image. compiled: one call (a while loop per image); python: one call
-    per step (of all images: vmap; of each running image: map, `state` and `per` then lists)."""
+def _units(mesh: Optional[Mesh], n: int, single: bool):
+    """The batch's units: each image alone (single) or each device's share (the whole batch without a mesh)."""
+    devices = [None] if mesh is None else list(mesh.devices.flat)
+    per = n // len(devices)
+    if single:
+        return [_Unit(devices[i // per], i, i + 1, True) for i in range(n)]
+    return [_Unit(d, k * per, (k + 1) * per, False) for k, d in enumerate(devices)]
+
+
+def _split(tree, units):
+    """A batched tree's part of each unit, on the unit's device."""
+    out = []
+    for u in units:
+        if u.device is None and not u.single:
+            out.append(tree)  # the whole batch, as it is
+            continue
+        part = jax.tree.map(lambda a: a[u.start] if u.single else a[u.start:u.end], tree)
+        out.append(part if u.device is None else jax.device_put(part, u.device))
+    return out
+
+
+def _join(parts, units, mesh: Optional[Mesh]):
+    """The inverse of `_split`: one batched tree, split along the mesh's `data` (each device's part where it is)."""
+    if units[0].single:  # stack each device's images
+        stack = lambda *xs: jnp.stack(xs)
+        per = len(parts) // (1 if mesh is None else mesh.size)
+        parts = [jax.tree.map(stack, *parts[k:k + per]) for k in range(0, len(parts), per)]
+    if mesh is None:
+        return parts[0]
+    n = units[-1].end
+    return jax.tree.map(lambda *xs: jax.make_array_from_single_device_arrays(
+        (n,) + xs[0].shape[1:], batch_sharding(mesh), list(xs)), *parts)
+
+
+def _copies(mesh: Optional[Mesh], shared):
+    """{device: shared tree there} for the mesh's devices ({None: shared} without a mesh)."""
+    if mesh is None:
+        return {None: shared}
+    return {d: jax.device_put(shared, d) for d in mesh.devices.flat}
+
+
+def _per_device(mesh: Optional[Mesh], fn, images, copies):
+    """fn(images part, shared) on each device's share of the batched tree `images`, joined (fn(images, shared)
+    without a mesh)."""
+    units = _units(mesh, jax.tree.leaves(images)[0].shape[0], False)
+    return _join([fn(part, copies[u.device]) for part, u in zip(_split(images, units), units)], units, mesh)
+
+
+def _advance(program: _Program, states, done: int, end: int, pers, shareds):
+    """Steps `done` .. `end` of every running image, unit by unit (`_units`: each call dispatched before any is
+    awaited). compiled: one call per unit (a while loop per image); python: one call per step (of a unit's images:
+    vmap; of each running image: map, one image per unit)."""
+    units = list(zip(pers, shareds))
     if program.loop == "compiled":
-        return _chunk_jit(program, state, jnp.int32(end), per, shared)
+        return [_chunk_jit(program, s, jnp.int32(end), p, sh) for s, (p, sh) in zip(states, units)]
     for _ in range(done, end):
         if program.batching == "vmap":
-            state = _step_all_jit(program, state, per, shared)
+            states = [_step_all_jit(program, s, p, sh) for s, (p, sh) in zip(states, units)]
         else:
-            state = [_step_one_jit(program, s, p, shared) if int(s.status) == RUNNING else s
-                     for s, p in zip(state, per)]
-    return state
+            states = [_step_one_jit(program, s, p, sh) if int(s.status) == RUNNING else s
+                      for s, (p, sh) in zip(states, units)]
+    return states
 
 
-def _run(program: _Program, state: _State, per, shared, steps: int, chunk_steps: int, progress: Progress,
+def _run(program: _Program, state: _State, per, copies, mesh, steps: int, chunk_steps: int, progress: Progress,
          desc: str) -> _State:
-    """The Python side: the steps in chunks of `chunk_steps` (`_advance`), the progress bar between them."""
-    listed = program.loop == "python" and program.batching == "map"
-    n = state.step.shape[0]
-    if listed:
-        state, per = _unstack(state, n), _unstack(per, n)
+    """The Python side: the batch split into units (each image alone for the python loop with map, else each
+    device's share), the steps in chunks of `chunk_steps` (`_advance`), the progress bar between them."""
+    units = _units(mesh, state.step.shape[0], program.loop == "python" and program.batching == "map")
+    states, pers, shareds = _split(state, units), _split(per, units), [copies[u.device] for u in units]
     report, close = _progress_reporter(progress, steps, desc)
     try:
         done = 0
         while done < steps:
             end = min(steps, done + chunk_steps)
-            state = _advance(program, state, done, end, per, shared)
+            states = _advance(program, states, done, end, pers, shareds)
             done = end
-            status = np.array([int(s.status) for s in state]) if listed else np.asarray(state.status)
-            lpips = np.array([float(s.lpips) for s in state]) if listed else np.asarray(state.lpips)
+            status = np.concatenate([np.atleast_1d(np.asarray(s.status)) for s in states])
+            lpips = np.concatenate([np.atleast_1d(np.asarray(s.lpips)) for s in states])
             running = status == RUNNING
             report(done if running.any() else steps, float(np.mean(lpips)))
             if not running.any():
                 break
     finally:
         close()
-    return jax.tree.map(lambda *xs: jnp.stack(xs), *state) if listed else state
+    return _join(states, units, mesh)
 
 
-def _failure_messages(stage: str, status, steps, lpips, mse, kept: str):
+def _failure_messages(stage: str, status, steps, lpips, mse, kept: str, indices):
     msgs = []
     for i in np.flatnonzero(status == FAILED):
-        msgs.append(f"{stage} image {i}: non-finite loss or gradient at step {int(steps[i])}; kept {kept}")
+        msgs.append(f"{stage} image {indices[i]}: non-finite loss or gradient at step {int(steps[i])}; kept {kept}")
     for i in np.flatnonzero((status != FAILED) & ~(np.isfinite(lpips) & np.isfinite(mse))):
-        msgs.append(f"{stage} image {i}: non-finite result after {int(steps[i])} steps; kept {kept}")
+        msgs.append(f"{stage} image {indices[i]}: non-finite result after {int(steps[i])} steps; kept {kept}")
     for m in msgs:
         warnings.warn(m, RuntimeWarning, stacklevel=3)
     return tuple(msgs)
@@ -540,17 +608,39 @@ def _check_call(generator: Network, lpips: Network, arcface: Optional[Network], 
         raise InputError(f"lpips: expected an LPIPS network, got {type(lpips[0]).__name__}")
 
 
+def _mesh_for(mesh: Optional[Mesh], n: int) -> Optional[Mesh]:
+    """The mesh to split n images over (None: one device, or none given); n must be a multiple of its devices."""
+    if mesh is None or mesh.size == 1:
+        return None
+    if n % mesh.size:
+        raise InputError(f"{n} images do not split evenly over {mesh.size} devices: give a multiple of {mesh.size} "
+                         f"(the Editor pads its batches)")
+    return mesh
+
+
+def _indices(indices, n: int) -> np.ndarray:
+    if indices is None:
+        return np.arange(n)
+    indices = np.asarray(indices)
+    if indices.shape != (n,) or not np.issubdtype(indices.dtype, np.integer):
+        raise InputError(f"indices: expected {n} integers (one per image), got {indices.dtype} {indices.shape}")
+    return indices
+
+
 # ---- W+ ----------------------------------------------------------------------------------------------------------
 
 def refine_w_plus(generator: Network, lpips: Network, codes, targets, settings: WPlusSettings = WPlusSettings(), *,
                   arcface: Optional[Network] = None, seed: int = 0, progress: Progress = True,
-                  chunk_steps: int = 10, loop: str = "auto") -> WPlusResult:
+                  chunk_steps: int = 10, loop: str = "auto", mesh: Optional[Mesh] = None,
+                  indices=None) -> WPlusResult:
     """Adam on w+ from `codes` (N, L, D) (the e4e codes) towards `targets` (N, size, size, 3) in [-1, 1].
     generator, lpips (VGG for upstream's loss), arcface: (module, variables) pairs; give arcface only for the ID term
     (it is then computed every step, whatever id_weight). progress: True (tqdm), False, or callable(done_steps,
     total_steps), called every `chunk_steps` steps. loop: 'compiled' (the steps of a chunk in one compiled while
-    loop), 'python' (one compiled call per step), 'auto' (python on CPU, compiled on GPU/TPU). Returns WPlusResult
-    (codes (N, L, D), per-image steps and losses)."""
+    loop), 'python' (one compiled call per step), 'auto' (python on CPU, compiled on GPU/TPU). mesh: the images split
+    over its devices (module docstring); indices: (N,) ints naming the images (their random keys
+    `image_keys(seed, indices)` and messages; default 0 .. N-1). Returns WPlusResult (codes (N, L, D), per-image
+    steps and losses)."""
     check_settings(settings)
     _check_call(generator, lpips, arcface, chunk_steps)
     G, gvars = generator
@@ -559,20 +649,22 @@ def refine_w_plus(generator: Network, lpips: Network, codes, targets, settings: 
     if settings.id_weight > 0 and arcface is None:
         raise InputError("WPlusSettings.id_weight > 0 needs an ArcFace network: pass arcface=(module, variables)")
     dtype = codes.dtype
+    mesh, indices = _mesh_for(mesh, codes.shape[0]), _indices(indices, codes.shape[0])
     program = _Program("w_plus", G, lpips[0], None if arcface is None else arcface[0], settings.loss_size, False, 1,
                        "vmap", _loop(loop))
     std_key = jax.random.split(jax.random.PRNGKey(seed))[1]  # apart from the images' keys (fold_in of the seed)
     latent_std = float(_latent_std(G, gvars, settings.latent_std_samples, std_key)) if settings.w_noise > 0 else 0.0
     shared = dict(generator=gvars, lpips=lpips[1], arcface=arcface[1] if program.arcface is not None else None,
                   hp=_hyper(settings, dtype, latent_std=latent_std))
-    per = dict(key=image_keys(seed, codes.shape[0]), start=codes,
-               target=_target_constants_jit(program, shared, targets))
-    start = [np.asarray(a) for a in _evaluated(program, codes, per, shared)]
-    state = _run(program, _init_state(program, jnp.array(codes), shared["hp"]), per, shared, settings.steps,
+    copies = _copies(mesh, shared)
+    per = dict(key=image_keys(seed, indices), start=codes,
+               target=_per_device(mesh, lambda t, sh: _target_constants_jit(program, sh, t), targets, copies))
+    start = [np.asarray(a) for a in _evaluated(program, codes, per, copies, mesh)]
+    state = _run(program, _init_state(program, jnp.array(codes), shared["hp"]), per, copies, mesh, settings.steps,
                  chunk_steps, progress, "W+ refinement")
-    final = [np.asarray(a) for a in _evaluated(program, state.x, per, shared)]
+    final = [np.asarray(a) for a in _evaluated(program, state.x, per, copies, mesh)]
     status, steps = np.asarray(state.status), np.asarray(state.step)
-    messages = _failure_messages("W+", status, steps, *final, "the input (e4e) code")
+    messages = _failure_messages("W+", status, steps, *final, "the input (e4e) code", indices)
     summary = _summary(status, steps, start, final, messages)
     refined = np.where(summary["failed"][:, None, None], np.asarray(codes), np.asarray(state.x))
     return WPlusResult(codes=refined, **summary)
@@ -589,12 +681,12 @@ def _latent_std(G, gvars, samples: int, key):
 
 def refine_pti(generator: Network, lpips: Network, pivots, targets, settings: PTISettings = PTISettings(), *,
                seed: int = 0, progress: Progress = True, chunk_steps: int = 10, batching: str = "auto",
-               loop: str = "auto") -> PTIResult:
+               loop: str = "auto", mesh: Optional[Mesh] = None, indices=None) -> PTIResult:
     """Pivotal tuning: per image, the generator's params tuned from `generator`'s around the fixed pivot code
     (N, L, D) towards `targets` (N, size, size, 3) in [-1, 1]. lpips: LPIPS(alex) for upstream's loss. batching:
     'vmap' (per-image weights batched: grouped convolutions), 'map' (one image at a time), 'auto' (map on CPU, vmap
-    on GPU/TPU). progress, chunk_steps, loop: as refine_w_plus. Returns PTIResult (stacked per-image params, shared
-    buffers, pivots, per-image steps and losses)."""
+    on GPU/TPU). progress, chunk_steps, loop, mesh, indices: as refine_w_plus. Returns PTIResult (stacked per-image
+    params, on their images' devices with a mesh; shared buffers, pivots, per-image steps and losses)."""
     check_settings(settings)
     _check_call(generator, lpips, None, chunk_steps)
     G, gvars = generator
@@ -603,17 +695,23 @@ def refine_pti(generator: Network, lpips: Network, pivots, targets, settings: PT
     program = _Program("pti", G, lpips[0], None, settings.loss_size, settings.locality, settings.regularizer_samples,
                        _batching(batching), _loop(loop))
     n = pivots.shape[0]
+    mesh, indices = _mesh_for(mesh, n), _indices(indices, n)
     shared = dict(generator=gvars, lpips=lpips[1], arcface=None, hp=_hyper(settings, pivots.dtype))
-    per = dict(key=image_keys(seed, n), pivot=pivots, target=_target_constants_jit(program, shared, targets))
-    params = _stacked(gvars["params"], n)
-    start = [np.asarray(a) for a in _evaluated(program, params, per, shared)]
-    state = _run(program, _init_state(program, params, shared["hp"]), per, shared, settings.steps, chunk_steps,
-                 progress, "PTI")
-    final = [np.asarray(a) for a in _evaluated(program, state.x, per, shared)]
+    copies = _copies(mesh, shared)
+    per = dict(key=image_keys(seed, indices), pivot=pivots,
+               target=_per_device(mesh, lambda t, sh: _target_constants_jit(program, sh, t), targets, copies))
+    params = _per_device(mesh, lambda _, sh: _stacked(sh["generator"]["params"], n // (mesh.size if mesh else 1)),
+                         pivots, copies)
+    start = [np.asarray(a) for a in _evaluated(program, params, per, copies, mesh)]
+    state = _run(program, _init_state(program, params, shared["hp"]), per, copies, mesh, settings.steps,
+                 chunk_steps, progress, "PTI")
+    final = [np.asarray(a) for a in _evaluated(program, state.x, per, copies, mesh)]
     status, steps = np.asarray(state.status), np.asarray(state.step)
-    messages = _failure_messages("PTI", status, steps, *final, "the original generator")
+    messages = _failure_messages("PTI", status, steps, *final, "the original generator", indices)
     summary = _summary(status, steps, start, final, messages)
-    tuned = _restore_failed(state.x, gvars["params"], jnp.asarray(summary["failed"]))
+    failed = jnp.asarray(summary["failed"])
+    tuned = _per_device(mesh, lambda xf, sh: _restore_failed(xf[0], sh["generator"]["params"], xf[1]),
+                        (state.x, failed), copies)
     return PTIResult(pivots=np.asarray(pivots), params=tuned, buffers=gvars.get("buffers", {}), **summary)
 
 
@@ -633,6 +731,7 @@ def _restore_failed(tuned, original, failed):
 
 @functools.partial(jax.jit, static_argnums=(0, 4, 5))
 def _render_rows(generator, params, buffers, codes, batching: str, noise_mode: str):
+    """Each row group of codes (N, K, L, D) on its image's generator (vmap or lax.map over the images)."""
     def one(row):
         p, c = row
         return generator.apply({"params": p, "buffers": buffers}, c, input_is_latent=True, noise_mode=noise_mode)
@@ -641,9 +740,11 @@ def _render_rows(generator, params, buffers, codes, batching: str, noise_mode: s
     return jax.lax.map(one, (params, codes))
 
 
-def render_tuned(generator, params, buffers, codes, *, batching: str = "auto", noise_mode: str = "const"):
+def render_tuned(generator, params, buffers, codes, *, batching: str = "auto", noise_mode: str = "const",
+                 mesh: Optional[Mesh] = None):
     """Row i of `codes` rendered with image i's tuned generator: params (a PTIResult's, leading N axis), codes
-    (N, L, D) or (N, K, L, D) -> images (N, H, W, 3) or (N, K, H, W, 3) float32 (jax array). batching as refine_pti."""
+    (N, L, D) or (N, K, L, D) -> images (N, H, W, 3) or (N, K, H, W, 3) float32 (jax array). batching as refine_pti;
+    mesh: the images split over its devices (N a multiple of them), each rendered on the device of its share."""
     codes = jnp.asarray(codes)
     single = codes.ndim == 3
     rows = codes[:, None] if single else codes
@@ -652,7 +753,9 @@ def render_tuned(generator, params, buffers, codes, *, batching: str = "auto", n
     if rows.ndim != 4 or rows.shape[0] != n or rows.shape[2:] != shape:
         raise InputError(f"codes: expected (N, {shape[0]}, {shape[1]}) or (N, K, {shape[0]}, {shape[1]}) with N = {n} "
                          f"(one row per tuned generator), got {tuple(codes.shape)}")
-    images = _render_rows(generator, params, buffers, rows, _batching(batching), noise_mode)
+    mesh, batching = _mesh_for(mesh, n), _batching(batching)
+    images = _per_device(mesh, lambda pr, b: _render_rows(generator, pr[0], b, pr[1], batching, noise_mode),
+                         (params, rows), _copies(mesh, buffers))
     return images[:, 0] if single else images
 
 
@@ -671,7 +774,15 @@ def save_tuned_generator(directory: str, generator, result: PTIResult, index: in
     n = len(result.steps)
     if not isinstance(index, (int, np.integer)) or not 0 <= index < n:
         raise InputError(f"index must be an image index in [0, {n}), got {index!r}")
-    facts = dict(source="ffclip_jax.refine (PTI)", steps=int(result.steps[index]),
-                 lpips=float(result.lpips[index]), mse=float(result.mse[index]), failed=bool(result.failed[index]))
-    pretrained.save(directory, "stylegan2", generator_config(generator), jax.device_get(result.variables(index)),
-                    extra=dict(facts, **(extra or {})), overwrite=overwrite)
+    facts = dict(steps=int(result.steps[index]), lpips=float(result.lpips[index]), mse=float(result.mse[index]),
+                 failed=bool(result.failed[index]))
+    save_generator(directory, generator, result.variables(index), extra=dict(facts, **(extra or {})),
+                   overwrite=overwrite)
+
+
+def save_generator(directory: str, generator, variables, *, extra: Optional[Dict[str, Any]] = None,
+                   overwrite: bool = False) -> None:
+    """Generator variables (a tuned generator's: {"params", "buffers"}) as a converted generator directory, written
+    atomically; `extra` (JSON) joins its meta."""
+    pretrained.save(directory, "stylegan2", generator_config(generator), jax.device_get(variables),
+                    extra=dict(source="ffclip_jax.refine (PTI)", **(extra or {})), overwrite=overwrite)

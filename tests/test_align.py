@@ -18,7 +18,7 @@ from ffclip_jax.errors import CheckpointError, ConfigError, InputError, run_cli
 from ffclip_jax.inputs import read_image
 from ffclip_jax.outputs import MANIFEST, RunFolder
 from ffclip_jax.pipeline import Editor
-from ffclip_jax.studio import Studio
+from ffclip_jax.studio.engine import Engine
 from test_invert import encoder_dir  # noqa: F401  (fixture)
 
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
@@ -506,7 +506,7 @@ def test_studio_align_option(predictor_path, drawn_photos, encoder_dir, tmp_path
     """The studio engine's photo reader with --align: an uploaded photo's largest face aligned at the encoder's input
     size, as invert --align does, a photo stored rotated with an EXIF tag as displayed; no face is a message."""
     photos, _, _ = drawn_photos
-    studio = Studio(Editor.from_pretrained(encoder_dir, align=predictor_path), str(tmp_path / "work"))
+    studio = Engine(Editor.from_pretrained(encoder_dir, align=predictor_path))
     image = np.asarray(Image.open(photos / "one.png"))
     want = _encoder_size_face(image, predictor_path, 32)
     np.testing.assert_array_equal(studio.read_photo(str(photos / "one.png")), want)

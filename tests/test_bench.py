@@ -176,6 +176,8 @@ def test_plan_sizes_for_an_accelerator():
     assert train[train.index("--batch") + 1] == 16 and "bfloat16" in train  # 8 per device
     assert mod.device_name("NVIDIA H200") == "nvidia-h200"
     assert "studio/gradio" not in jobs  # no gradio on the device image
+    engine = jobs["studio/jax/engine"].args  # the studio engine's batching, without a server: runs there
+    assert engine[:4] == ["--one", "engine", "--size", 1024] and "--device" in engine
     order = [j.label for j in mod.plan(dev, mod.sizes(dev), "/work")]
     assert order[0] == "generator/weights" and order.index("train_step/jax/float32") < order.index(
         "generator/jax/forward")  # the targets' rows first
@@ -204,7 +206,7 @@ def test_table_statuses(platform):
     assert status["generator forward"].startswith("not measured (boom")
     if platform == "gpu":
         assert status["training step memory, bfloat16"].startswith("not measured")
-    assert status["studio engine batching"] == f"not measured ({mod.STUDIO_ENGINE_PENDING})"
+    assert status["studio engine batching"] == "not measured (not run)"
     assert status["studio server (Gradio)"] == "not measured (gradio not installed)"
     table = mod.markdown(list(rows.values()))
     assert table.startswith(mod.HEADER) and table.count("\n") == len(rows) + 1

@@ -1,6 +1,6 @@
 """Every tool on 8 simulated CPU devices against 1: the Editor's row runners (the studio's device calls among them),
-inversion, edits, text embeddings, the evaluation metrics, and the command lines invert / edit / evaluate / data
-build with --devices 8 against --devices 1.
+inversion, the refine stage (W+, PTI), edits, text embeddings, the evaluation metrics, and the command lines
+invert / edit / evaluate / data build with --devices 8 against --devices 1.
 
 The claim tested is bit-equality: N devices at b rows each run, on every device, the program one device runs at
 batch b (data parallel, networks replicated or FSDP-gathered: no reduction crosses devices), so the rows are the same
@@ -23,6 +23,7 @@ from ffclip_jax.pipeline import DEFAULT_BATCH, Editor
 from test_evaluate import N_LATENTS, stub_arcface, tiny_weights  # noqa: F401  (fixtures)
 from test_invert import SIZE, encoder_dir  # noqa: F401  (fixture)
 from test_pipeline import BATCH, DIM, editor, photos  # noqa: F401  (fixture)
+from test_refine_pipeline import refine_weights  # noqa: F401  (fixture)
 
 DEVICES = 8
 
@@ -100,7 +101,7 @@ def assert_as_accurate(ours, reference, truth, what):
 
 
 def test_invert_and_files_on_8_devices(editor, editor8, tmp_path):
-    """The chain photo -> e4e (and the refiner slot) on 8 devices: `invert` (the studio's path too) and
+    """The chain photo -> e4e on 8 devices: `invert` (the studio's path too) and
     `encode_files` with an unreadable file among the photos."""
     images = photos(7, seed=5)
     np.testing.assert_array_equal(editor8.invert(images), editor.invert(images))
@@ -222,3 +223,42 @@ def test_cli_edit_and_evaluate_on_8_devices(tiny_weights, stub_arcface, tmp_path
     r1, r8 = (json.loads((tmp_path / f"eval{n}" / "report.json").read_text()) for n in (1, DEVICES))
     assert r8["per_example"] == r1["per_example"] and r8["overall"] == r1["overall"]
     assert r8["meta"] == r1["meta"]  # rows per device, not the device count
+
+
+# ---------------------------------------------------------------------------------------------------------------
+# the refine stage: each device refines its share of the photos with the one-device program (refine.py), so the
+# rows are bit-equal at the same photos per device; 3 photos pad the last batch on every device count
+
+
+@pytest.mark.parametrize("devices", [2, pytest.param(DEVICES, marks=pytest.mark.slow)])
+def test_refinement_on_n_devices_equals_1(refine_weights, devices):
+    from test_refine_pipeline import photos as refine_photos
+
+    one, many = (Editor.from_pretrained(str(refine_weights), batch_size=n, devices=n,
+                                        cache_dir=str(refine_weights / "cache")) for n in (1, devices))
+    images = refine_photos(3, seed=11)
+    for stage in ("w+", "pti"):
+        enc1, encn = (e.invert(images, refine=stage, steps=3) for e in (one, many))
+        np.testing.assert_array_equal(encn.w, enc1.w, err_msg=stage)
+        for f in enc1.refinement:
+            np.testing.assert_array_equal(encn.refinement[f], enc1.refinement[f], err_msg=f"{stage} {f}")
+        if stage == "pti":
+            for a, b in zip(jax.tree.leaves(encn.params), jax.tree.leaves(enc1.params), strict=True):
+                np.testing.assert_array_equal(a, b)
+        r1, rn = (e.edit(enc, "Bald", [0.5, 1.0]) for e, enc in ((one, enc1), (many, encn)))
+        np.testing.assert_array_equal(rn.images, r1.images, err_msg=stage)
+        np.testing.assert_array_equal(rn.reconstructions, r1.reconstructions, err_msg=stage)
+
+
+def test_pti_parameters_live_on_the_device_of_their_image(refine_weights):
+    """refine_pti on a 2-device mesh: image i's tuned parameters (and its result rows) on device i // 2."""
+    from ffclip_jax import refine
+    from test_refine_pipeline import library_inputs, photos as refine_photos
+
+    editor = Editor.from_pretrained(str(refine_weights), batch_size=4, devices=2)
+    w, targets = library_inputs(editor, refine_photos(4, seed=12))
+    r = refine.refine_pti(editor.generator, editor.lpips("lpips_alex"), w, targets, refine.PTISettings(steps=1),
+                          mesh=editor.mesh, progress=False)
+    for leaf in jax.tree.leaves(r.params):
+        assert [(s.device, s.index[0]) for s in leaf.addressable_shards] == [
+            (d, slice(2 * k, 2 * k + 2)) for k, d in enumerate(editor.devices)]

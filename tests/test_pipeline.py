@@ -1,6 +1,6 @@
 """The pipeline object (`ffclip_jax.pipeline.Editor`) on small random networks: every row runner compiles its network
 once whatever the number of rows and gives the jitted network's own rows, random rows equal `sample`, the
-chain photo -> align -> e4e -> refine (the refiner slot), files streamed with unreadable and faceless photos skipped
+chain photo -> align -> e4e -> [refine], files streamed with unreadable and faceless photos skipped
 and listed, and one-line errors for missing networks and networks that do not fit together. (The whole chain against
 the PyTorch references: test_edit.)"""
 import jax
@@ -96,22 +96,14 @@ def test_invert_is_e4e_on_e4e_preprocessing(editor):
     np.testing.assert_array_equal(editor.source_latents(x[:1, :N_LATENT, :DIM, 0]), x[:1, :N_LATENT, :DIM, 0])
 
 
-def test_refiner_slot_between_invert_and_map(editor):
-    """A refiner gets each batch's encoder inputs and e4e codes, and its codes are the chain's."""
-    seen = []
-
-    def refine(x, w):
-        seen.append((x.shape, w.shape))
-        return w + 1.0
-
+def test_refine_stage_between_invert_and_map(editor):
+    """Without a refine stage the chain's codes are e4e's; the stage needs its LPIPS network, and says so in one
+    line (the stage itself: test_refine_pipeline)."""
     images = photos(3, seed=1)
-    plain = editor.invert(images)
-    editor.refiner = refine
-    try:
-        np.testing.assert_array_equal(editor.invert(images), plain + 1.0)
-    finally:
-        editor.refiner = None
-    assert seen == [((2, SIZE, SIZE, 3), (2, N_LATENT, DIM)), ((1, SIZE, SIZE, 3), (1, N_LATENT, DIM))]
+    x = np.stack([encoder_input(im, (SIZE, SIZE)) for im in images])
+    np.testing.assert_array_equal(editor.invert(images, refine=None), editor.invert_rows(x))
+    with pytest.raises(CheckpointError, match=r"^this Editor has no lpips_vgg: needed for refinement"):
+        editor.invert(images, refine="w+", steps=2)
 
 
 def test_encode_files_streams_and_lists_what_it_skips(editor, tmp_path):

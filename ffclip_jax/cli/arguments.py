@@ -6,7 +6,7 @@ import argparse
 from ffclip_jax import sharding
 from ffclip_jax.errors import InputError
 from ffclip_jax.parts import DEFAULT_PART_SIZE
-from ffclip_jax.pipeline import DEFAULT_BATCH
+from ffclip_jax.pipeline import DEFAULT_BATCH, REFINE_STAGES, Refine
 from ffclip_jax.text.embeddings import default_cache_dir
 
 
@@ -80,6 +80,31 @@ def start_distributed(args: argparse.Namespace) -> None:
     at_least(args, 1, "num_processes")
     at_least(args, 0, "process_id")
     sharding.start_distributed(args.coordinator_address, args.num_processes, args.process_id)
+
+
+def add_refine_arguments(parser: argparse.ArgumentParser) -> None:
+    """`--refine`, `--refine-steps` and `--lpips` of the tools that invert photos (invert, edit, data build)."""
+    parser.add_argument("--refine", metavar="|".join(REFINE_STAGES),
+                        help="refine each photo's e4e code: w+ (W+ optimisation, LPIPS-VGG) or pti (pivotal tuning: "
+                             "a generator per photo tuned around the e4e code, LPIPS-alex); upstream's settings")
+    parser.add_argument("--refine-steps", type=int, metavar="N",
+                        help="refinement steps (default upstream's: w+ 1000, pti 350)")
+    parser.add_argument("--lpips", metavar="DIR",
+                        help="converted LPIPS directory for --refine (default: the weights directory's lpips_vgg for "
+                             "w+, lpips_alex for pti)")
+
+
+def refine_stage(args: argparse.Namespace):
+    """The `Refine` stage of --refine / --refine-steps (None without --refine); bad values are one-line errors."""
+    at_least(args, 1, "refine_steps")
+    if not args.refine:
+        given = [f for f, v in (("--refine-steps", args.refine_steps), ("--lpips", args.lpips)) if v is not None]
+        if given:
+            raise InputError(f"{', '.join(given)}: only with --refine {'|'.join(REFINE_STAGES)}")
+        return None
+    if args.refine not in REFINE_STAGES:
+        raise InputError(f"--refine must be one of {', '.join(REFINE_STAGES)}, got {args.refine!r}")
+    return Refine.of(args.refine, args.refine_steps)
 
 
 def add_overwrite_argument(parser: argparse.ArgumentParser) -> None:

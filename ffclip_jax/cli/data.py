@@ -20,13 +20,15 @@ import os
 import sys
 
 from ffclip_jax.cli.arguments import (add_align_argument, add_batch_size_argument, add_devices_arguments,
-                                      add_distributed_arguments, add_part_size_argument, at_least, start_distributed)
+                                      add_distributed_arguments, add_part_size_argument, add_refine_arguments,
+                                      at_least, refine_stage, start_distributed)
 from ffclip_jax.data.builder import build, describe
 from ffclip_jax.data.latents import DOMAINS, expected_shape, load_generator, synthetic_latents
 from ffclip_jax.data.photos import DEFAULT_TEST_FRACTION, build_from_photos
 from ffclip_jax.errors import ConfigError
 from ffclip_jax.inputs import load_latents
 from ffclip_jax.pipeline import Editor
+from ffclip_jax.weights.manifest import resolve
 
 
 def build_parser() -> argparse.ArgumentParser:
@@ -55,6 +57,7 @@ def build_parser() -> argparse.ArgumentParser:
     photos.add_argument("--test-fraction", type=float, default=DEFAULT_TEST_FRACTION,
                         help=f"without lists: the seeded share of test photos (default {DEFAULT_TEST_FRACTION})")
     photos.add_argument("--split-seed", type=int, default=0, help="without lists: the split's seed (default 0)")
+    add_refine_arguments(photos)
     add_batch_size_argument(photos)
     add_part_size_argument(photos)
     add_devices_arguments(photos)
@@ -98,14 +101,21 @@ def run_photos(args) -> None:
     if not args.encoder:
         raise ConfigError("--images needs --encoder DIR (a converted e4e directory)")
     at_least(args, 1, "batch_size", "part_size")
+    refine = refine_stage(args)
     start_distributed(args)
     expected = expected_shape(args.domain, n_latent=args.n_latent)
-    editor = Editor.from_pretrained(args.encoder, align=args.align, batch_size=args.batch_size, networks=("e4e",),
-                                    devices=args.devices, frozen=args.frozen_sharding)
+    generator = args.generator
+    if refine and not generator and not resolve(args.encoder).has("generator"):
+        generator = os.path.join(args.encoder, "generator")  # a converted e4e directory's
+    editor = Editor.from_pretrained(args.encoder, align=args.align, batch_size=args.batch_size,
+                                    networks=("e4e", "generator") if refine else ("e4e",), generator=generator,
+                                    devices=args.devices, frozen=args.frozen_sharding, lpips=args.lpips)
+    if refine is not None and refine.stage == "w+":  # a missing network fails before any part is written
+        editor.refine_size(), editor.lpips("lpips_vgg")
     done = build_from_photos(args.data_dir, args.domain, args.images, editor, align=args.align,
                              resize=not args.no_resize, part_size=args.part_size, force=args.force,
                              train_list=args.train_list, test_list=args.test_list, test_fraction=args.test_fraction,
-                             seed=args.split_seed, latent_shape=(expected.n_latent, expected.style_dim))
+                             seed=args.split_seed, latent_shape=(expected.n_latent, expected.style_dim), refine=refine)
     if done is None:
         print("this process's parts are done; process 0 writes the dataset", file=sys.stderr)
         return

@@ -4,11 +4,15 @@
         --images photos/ --output out/ [--align PREDICTOR] [--save-latents] [--batch-size 8]
     ffclip edit --weights weights/ffhq --text Bald --latents latents.npy --output out/
     ffclip edit --weights weights/ffhq --text Bald --random 8 --seed 0 --truncation 0.7 --output out/
+    ffclip edit --weights weights/ffhq --text "blue hair" --images raw/ --align PREDICTOR --refine pti --output out/
 
 Writes out/<source>__<prompt>__<strength>.png per edit, out/<source>__reconstruction.png, out/grid.png (source,
 reconstruction, then the edits; the first --grid-rows sources), with --save-latents out/latents.npy (N, P, S, L, D)
 edited w+ and out/latents.json (sources, prompts, strengths), and out/ffclip-run.json listing every file written.
 OUTPUT must be new, empty or a previous run's (replaced with --overwrite: see `ffclip_jax.outputs`).
+--refine w+|pti (photos only): each photo's e4e code refined first (`Editor.edit(..., refine=...)`): the mapper
+edits the refined code (PTI: the pivot) and, with PTI, each photo's reconstruction and edits are rendered on its own
+tuned generator.
 """
 from __future__ import annotations
 
@@ -21,10 +25,12 @@ from tqdm import tqdm
 
 from ffclip_jax import inputs
 from ffclip_jax.cli.arguments import (add_align_argument, add_batch_size_argument, add_cache_dir_argument,
-                                      add_devices_arguments, add_overwrite_argument, at_least)
+                                      add_devices_arguments, add_overwrite_argument, add_refine_arguments, at_least,
+                                      refine_stage)
+from ffclip_jax.errors import InputError
 from ffclip_jax.grid import cells, save_grid
 from ffclip_jax.outputs import RunFolder, unique_names
-from ffclip_jax.pipeline import Editor
+from ffclip_jax.pipeline import REFINE_STAGES, Editor
 from ffclip_jax.weights import pretrained
 from ffclip_jax.weights.manifest import resolve
 
@@ -54,6 +60,7 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--clip", help="converted CLIP directory to use instead of the weights directory's")
     add_cache_dir_argument(p)
     add_devices_arguments(p)
+    add_refine_arguments(p)
     return p
 
 
@@ -63,6 +70,9 @@ def main(argv=None) -> None:
     strengths = inputs.strengths(args.strength, name="--strength")
     at_least(args, 1, "batch_size", "random")
     at_least(args, 0, "grid_rows")
+    refine = refine_stage(args)
+    if refine is not None and not args.images:
+        raise InputError("--refine needs --images: latents and random samples have no photo to fit")
     output = RunFolder(args.output, "edit", overwrite=args.overwrite)
     # cheap checks before any network is loaded
     weights = resolve(args.weights).with_overrides(e4e=args.e4e, clip=args.clip)
@@ -76,12 +86,16 @@ def main(argv=None) -> None:
                                                                  f"the mapper in {weights.root}"))
     editor = Editor.from_pretrained(args.weights, e4e=args.e4e, clip=args.clip, align=args.align,
                                     batch_size=args.batch_size, cache_dir=args.cache_dir, devices=args.devices,
-                                    frozen=args.frozen_sharding)
-    grid_inputs = None  # the first grid rows as the encoder saw them
+                                    frozen=args.frozen_sharding, lpips=args.lpips)
+    grid_inputs = enc = None  # the first grid rows as the encoder saw them; the refined photos
+    if refine is not None:
+        editor.refine_size(), editor.lpips(REFINE_STAGES[refine.stage][0])  # fail before any photo is read
     if files is not None:
-        enc = editor.encode_files(files, keep_inputs=args.grid_rows)
+        enc = editor.encode_files(files, keep_inputs=args.grid_rows, refine=refine)
         for _, reason in enc.skipped:
             print(f"skipped {reason}", file=sys.stderr)
+        for m in enc.messages:
+            print(m, file=sys.stderr)
         w, sources, grid_inputs = enc.w, enc.sources, enc.inputs
         names = [os.path.splitext(os.path.basename(f))[0] for f in sources]
     else:
@@ -98,7 +112,7 @@ def main(argv=None) -> None:
     chunk = editor.batch_size  # sources per editor call: B * P * S edits in batches of B
     with tqdm(total=len(w) * len(prompts) * len(strengths), desc="editing", unit="edit") as bar:
         for start in range(0, len(w), chunk):
-            r = editor.edit(w[start:start + chunk], prompts, strengths)
+            r = editor.edit(enc.rows(start, start + chunk) if refine else w[start:start + chunk], prompts, strengths)
             edited.append(r.latents)
             for i, name in enumerate(names[start:start + chunk]):
                 output.save_png(f"{name}__reconstruction.png", r.reconstructions[i])
@@ -113,7 +127,8 @@ def main(argv=None) -> None:
                 columns += [r.images[:keep, j, k] for j in range(len(prompts)) for k in range(len(strengths))]
                 grid_rows.append(np.stack([cells(c, size) for c in columns], axis=1))
             bar.update(len(r.source_latents) * len(prompts) * len(strengths))
-    labels = (["source"] if grid_inputs is not None else []) + ["reconstruction"] + [
+    recon_label = "reconstruction" + {None: "", "w+": " (W+)", "pti": " (PTI)"}[refine and refine.stage]
+    labels = (["source"] if grid_inputs is not None else []) + [recon_label] + [
         f"{p} x{s}" if len(strengths) > 1 or strengths[0] != 1 else p for p in prompts for s in strength_names]
     written = f"{len(w) * len(prompts) * len(strengths)} edits"
     if grid_rows:
@@ -126,6 +141,9 @@ def main(argv=None) -> None:
         output.write_json("latents.json", {"sources": list(sources), "prompts": prompts, "strengths": strengths,
                                            "shape": "(sources, prompts, strengths, n_latent, style_dim)"})
         written += f", latents.npy {latents.shape}"
-    output.commit(sources=list(sources), prompts=prompts, strengths=strengths)
+    refined = {} if refine is None else {"refine": dict(
+        stage=refine.stage, steps=refine.settings.steps, **{f: enc.refinement[f].tolist() for f in ("lpips_start",
+                                                                                                    "lpips")})}
+    output.commit(sources=list(sources), prompts=prompts, strengths=strengths, **refined)
     print(f"wrote {written} to {args.output}")
 

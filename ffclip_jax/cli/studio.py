@@ -1,7 +1,7 @@
 """ffclip studio: serve the edit studio (`ffclip_jax.studio`), a Gradio page on the real Editor.
 
     ffclip studio --weights runs/tiny/weights [--host 127.0.0.1] [--port 7860] [--align PREDICTOR]
-        [--auth-file users.txt] [--batch-size 8] [--no-batching]
+        [--auth-file users.txt] [--batch-size 8] [--no-batching] [--devices N|all] [--frozen-sharding fsdp]
 
 It binds 127.0.0.1 unless --host says otherwise, never makes share links, and serves no server path but the files
 the page wrote (one temporary folder per server, removed on exit).
@@ -18,7 +18,9 @@ from ffclip_jax.cli.arguments import (add_align_argument, add_batch_size_argumen
                                       add_devices_arguments, at_least)
 from ffclip_jax.errors import InputError
 from ffclip_jax.pipeline import Editor
-from ffclip_jax.studio import MAX_FILE_SIZE, build_app, log, theme
+from ffclip_jax.studio import page
+from ffclip_jax.studio.engine import Engine
+from ffclip_jax.studio.serving import Studio, log
 
 
 def read_auth(path: str) -> List[Tuple[str, str]]:
@@ -61,6 +63,7 @@ def main(argv=None) -> None:
     auth = read_auth(args.auth_file) if args.auth_file else None
     if args.align and not os.path.isfile(args.align):
         raise InputError(f"--align {args.align}: no such file")
+    options = page.launch_options()  # gradio first: without it, one line before any network is loaded
     workdir = tempfile.mkdtemp(prefix="ffclip-studio-")
     os.environ["GRADIO_TEMP_DIR"] = os.path.join(workdir, "gradio")  # gradio's upload/cache copies stay here too
     os.environ["GRADIO_ANALYTICS_ENABLED"] = "False"
@@ -69,11 +72,13 @@ def main(argv=None) -> None:
         log(f"loading networks from {args.weights}")
         editor = Editor.from_pretrained(args.weights, batch_size=args.batch_size, cache_dir=args.cache_dir,
                                         align=args.align, devices=args.devices, frozen=args.frozen_sharding)
-        app = build_app(editor, workdir, batching=not args.no_batching)
+        studio = Studio(Engine.for_editor(editor), workdir)
+        studio.warm_up()
+        app = page.build_app(studio, batching=not args.no_batching)
         app.queue(default_concurrency_limit=1, max_size=1024)
         log(f"serving on http://{args.host}:{args.port} (files under {workdir})")
         app.launch(server_name=args.host, server_port=args.port, share=False, auth=auth, inbrowser=False,
-                   allowed_paths=[workdir], max_file_size=MAX_FILE_SIZE, show_error=True, ssr_mode=False,
-                   theme=theme(), quiet=True, enable_monitoring=False, mcp_server=False, pwa=False)
+                   allowed_paths=[workdir], max_file_size=page.MAX_FILE_SIZE, show_error=True, ssr_mode=False,
+                   quiet=True, enable_monitoring=False, mcp_server=False, pwa=False, **options)
     finally:
         shutil.rmtree(workdir, ignore_errors=True)

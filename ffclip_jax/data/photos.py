@@ -1,8 +1,8 @@
 """Photos to the `ffclip_latents` dataset in one resumable command (`ffclip data build --images DIR --encoder E4E`):
 every image under DIR (subfolders included, sorted by relative path) through the Editor's chain (align, e4e, and the
-refiner when there is one) in parts (`ffclip_jax.parts`: saved as they finish, split between processes with
---distributed), then one dataset whose rows record their photo (`source`, relative to DIR) and its place in the input
-list (`index`).
+refine stage when one is given: `refine`, W+ only, item k's random key k) in parts (`ffclip_jax.parts`: saved as
+they finish, split between processes with --distributed), then one dataset whose rows record their photo (`source`,
+relative to DIR) and its place in the input list (`index`).
 
 The split: given file lists (`train_list` / `test_list`, one path relative to DIR per line; the inputs are the listed
 files), or the seeded rule (every image; a photo is in test when the first 8 bytes of sha256("<seed>:<path>"), read
@@ -123,10 +123,14 @@ def _remove_stale(target: str) -> None:
 def build_from_photos(data_dir: str, domain: str, folder: str, editor, *, align: Optional[str] = None,
                       resize: bool = True, part_size: int, force: bool = False, train_list: Optional[str] = None,
                       test_list: Optional[str] = None, test_fraction: float = DEFAULT_TEST_FRACTION,
-                      seed: int = 0, latent_shape: Optional[Sequence[Optional[int]]] = None) -> Optional[Dict]:
+                      seed: int = 0, latent_shape: Optional[Sequence[Optional[int]]] = None,
+                      refine=None) -> Optional[Dict]:
     """Build (or resume, or recognise as built) the dataset of the photos under `folder` (module docstring); returns
     `describe` of it with "skipped" [(file, reason)] and "resumed_parts", on process 0 (None on the others).
     editor: an `ffclip_jax.pipeline.Editor` with an encoder (and the predictor of `align`)."""
+    if refine is not None and refine.stage != "w+":
+        raise ConfigError(f"data build --refine {refine.stage}: the dataset holds codes, and PTI keeps e4e's (it "
+                          f"tunes a generator per photo); use --refine w+")
     folder = os.path.abspath(folder)
     names, splits, rule = split_photos(folder, train_list=train_list, test_list=test_list,
                                        test_fraction=test_fraction, seed=seed)
@@ -134,8 +138,8 @@ def build_from_photos(data_dir: str, domain: str, folder: str, editor, *, align:
                                                                                       editor.latent_shape)):
         raise ConfigError(f"domain {domain} expects w+ {tuple(latent_shape)} but the encoder predicts "
                           f"{editor.latent_shape}; use --domain custom (or --n-latent) for other generators")
-    plan = dict(encode_plan(editor, "data build", align, resize=resize), domain=domain, images=folder, split=rule,
-                splits=splits)
+    plan = dict(encode_plan(editor, "data build", align, refine, resize=resize), domain=domain, images=folder,
+                split=rule, splits=splits)
     target = dataset_dir(data_dir, domain)
     built = _built_plan(data_dir, domain)
     job_folder = target + ".parts"
@@ -147,7 +151,8 @@ def build_from_photos(data_dir: str, domain: str, folder: str, editor, *, align:
         raise InputError(f"{target}: a dataset of other inputs or options exists (pass --force to replace it)")
     job = Parts(job_folder, names, part_size, plan)
     resumed = len(job.mine()) - len(job.todo())
-    encode_parts(editor, job, lambda name: os.path.join(folder, name), resize=resize, desc="photos to w+")
+    encode_parts(editor, job, lambda name: os.path.join(folder, name), resize=resize, desc="photos to w+",
+                 refine=refine)
     if not job.finish():
         return None
     enc = merged_codes(job)
@@ -165,7 +170,8 @@ def build_from_photos(data_dir: str, domain: str, folder: str, editor, *, align:
         rows[split] = {"index": np.asarray(enc.sources)[take], "source": [names[enc.sources[k]] for k in take]}
     metadata = {"source": "photos", "images": folder, "encoder": plan["encoder"], "align": plan["align"],
                 "resize": resize, "rows_per_device": plan["rows_per_device"], "split": rule, "inputs": len(names),
-                "skipped": [list(s) for s in enc.skipped], "plan_sha256": digest}
+                "skipped": [list(s) for s in enc.skipped], "plan_sha256": digest,
+                **({"refine": plan["refine"], "refine_messages": list(enc.messages)} if refine else {})}
     _remove_stale(target)
     build(data_dir, domain, arrays, metadata, overwrite=True, rows=rows)
     crash_point("dataset-renamed")
