@@ -344,15 +344,7 @@ def invert_table_rows(results, dev, s):
     row["ratio"] = row["jax"] / row["torch"] if row["jax"] and row["torch"] else None
     row["status"] = "-" if row["ratio"] else _why(one if not _ok(one) else torch_r, True)
     n = dev["count"]
-    scale = dict(benchmark=f"e4e inversion, all {n} local devices", setting=setting + " (ratio: vs 1 device)",
-                 jax=every["images_per_s"] if _ok(every) else None, torch=None,
-                 peak=every["peak_bytes"] if _ok(every) else None, target=f"ideal {n}x")
-    scale["ratio"] = scale["jax"] / row["jax"] if scale["jax"] and row["jax"] else None
-    if n == 1:
-        scale["status"] = "not measured (one device: simulated CPU devices share its cores, README)"
-    else:
-        scale["status"] = _why(every, True) if scale["ratio"] is None else f"{scale['ratio'] / n:.0%} of ideal"
-    out = [row, scale]
+    out = [row, all_devices_row("e4e inversion", setting, every, row, n)]
     for stage, name in (("w+", "W+"), ("pti", "PTI")):
         r1, rn = results.get(f"invert/jax/1/{stage}"), results.get(f"invert/jax/all/{stage}")
         steps = r1.get("refine_steps") if _ok(r1) else None
@@ -361,17 +353,21 @@ def invert_table_rows(results, dev, s):
                        jax=r1["images_per_s"] if _ok(r1) else None, torch=None, ratio=None,
                        peak=r1["peak_bytes"] if _ok(r1) else None, target="-",
                        status="-" if _ok(r1) else _why(r1, True))
-        all_row = dict(benchmark=f"{name} refinement, all {n} local devices", setting=rset + " (ratio: vs 1 device)",
-                       jax=rn["images_per_s"] if _ok(rn) else None, torch=None,
-                       peak=rn["peak_bytes"] if _ok(rn) else None, target=f"ideal {n}x")
-        all_row["ratio"] = all_row["jax"] / one_row["jax"] if all_row["jax"] and one_row["jax"] else None
-        if n == 1:
-            all_row["status"] = "not measured (one device: simulated CPU devices share its cores, README)"
-        else:
-            all_row["status"] = (_why(rn, True) if all_row["ratio"] is None
-                                 else f"{all_row['ratio'] / n:.0%} of ideal")
-        out += [one_row, all_row]
+        out += [one_row, all_devices_row(f"{name} refinement", rset, rn, one_row, n)]
     return out
+
+
+def all_devices_row(name, setting, r, one_row, n):
+    """The row of a job on all `n` local devices; its ratio is against `one_row` (one device), ideal n."""
+    row = dict(benchmark=f"{name}, all {n} local devices", setting=setting + " (ratio: vs 1 device)",
+               jax=r["images_per_s"] if _ok(r) else None, torch=None, peak=r["peak_bytes"] if _ok(r) else None,
+               target=f"ideal {n}x")
+    row["ratio"] = row["jax"] / one_row["jax"] if row["jax"] and one_row["jax"] else None
+    if n == 1:
+        row["status"] = "not measured (one device: simulated CPU devices share its cores, README)"
+    else:
+        row["status"] = _why(r, True) if row["ratio"] is None else f"{row['ratio'] / n:.0%} of ideal"
+    return row
 
 
 def whole_row(r, name, setting, target, accel, pending=None):

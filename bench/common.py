@@ -30,7 +30,7 @@ def isolate(framework: str) -> None:
         raise RuntimeError(f"{framework} benchmark process: {', '.join(loaded[:3])} already imported")
     for name in names:
         sys.modules[name] = None
-    if framework == "torch":
+    if framework == "torch" and ORACLES not in sys.path:
         sys.path.append(ORACLES)  # `import torch_ref`
 
 

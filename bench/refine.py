@@ -30,7 +30,8 @@ Z_DIM = 512
 
 
 def torch_reference():
-    """Our PyTorch reference modules (tests/torch_ref, on the path through bench/common.py)."""
+    """Our PyTorch reference modules (tests/torch_ref, on the path after common.isolate('torch'))."""
+    common.isolate("torch")
     from torch_ref import lpips, refine, stylegan2
 
     return stylegan2, lpips, refine
@@ -39,6 +40,7 @@ def torch_reference():
 def make_weights(path, size, seed=0):
     """PyTorch: the generator (randomised biases/noise weights, as the parity tests) and both random LPIPS networks
     -> one .npz of state dicts ('g.<key>', 'alex.<key>', 'vgg.<key>', 'latent_avg')."""
+    common.isolate("torch")
     import numpy as np
     import torch
 
@@ -66,17 +68,19 @@ def load_weights(path):
 
 def inputs(size, batch, seed=1):
     """Start codes (N, L, 512) near the mean latent and targets (N, size, size, 3) in [-1, 1] (numpy)."""
+    import math
+
     import numpy as np
 
-    from ffclip_jax.models.stylegan2 import n_latent
-
     rs = np.random.RandomState(seed)
-    codes = (0.5 * rs.randn(batch, n_latent(size), Z_DIM)).astype(np.float32)
+    n_latent = 2 * int(math.log2(size)) - 2  # stylegan2.n_latent, without importing flax into a PyTorch process
+    codes = (0.5 * rs.randn(batch, n_latent, Z_DIM)).astype(np.float32)
     targets = rs.uniform(-1, 1, (batch, size, size, 3)).astype(np.float32)
     return codes, targets
 
 
 def run_torch(stage, size, batch, iters, device, weights):
+    common.isolate("torch")
     import torch
 
     stylegan2, lpips, refine = torch_reference()
@@ -117,6 +121,7 @@ def run_torch(stage, size, batch, iters, device, weights):
 
 
 def run_jax(stage, batching, loop, size, batch, iters, weights):
+    common.isolate("jax")
     import jax
     import numpy as np
 
@@ -126,7 +131,6 @@ def run_jax(stage, batching, loop, size, batch, iters, weights):
     from ffclip_jax.models.lpips import LPIPS
     from ffclip_jax.models.stylegan2 import Generator
 
-    assert "torch" not in sys.modules, "the JAX measurement must not import torch"
     g_sd, latent_avg, lpips_sd = load_weights(weights)
     config, gvars = convert_state_dict(g_sd, latent_avg)
     G = Generator(**dict(config, blur_kernel=tuple(config["blur_kernel"])))

@@ -84,6 +84,7 @@ def run_torch(size, batch, iters, device, build_only=False):
 def build_jax(size, batch, remat=False, dtype="float32", abstract=False):
     """(jitted step, state, frozen, batch) of the FFCLIP step on a mesh over this process's devices; `abstract`:
     shapes only (jax.ShapeDtypeStruct with shardings), nothing allocated."""
+    common.isolate("jax")
     import jax
     import jax.numpy as jnp
     import numpy as np

@@ -392,3 +392,38 @@ def test_bench_never_imports_tests():
                 continue
             for n in names:
                 assert n.split(".")[0] not in test_modules | {"tests"}, f"bench/{name} imports {n}"
+
+
+FRAMEWORK_OF = {"torch": "torch", "torch_ref": "torch", "jax": "jax", "jaxlib": "jax", "flax": "jax"}
+
+
+def _isolate_call(stmt):
+    """The framework of a `common.isolate("<framework>")` statement, else None."""
+    if (isinstance(stmt, ast.Expr) and isinstance(stmt.value, ast.Call)
+            and ast.unparse(stmt.value.func) == "common.isolate"):
+        return stmt.value.args[0].value
+    return None
+
+
+def test_every_framework_import_follows_isolate():
+    """Read from the source (the whole-script jobs, such as bench/refine.py, are not run by the build-only check
+    above): every bench/ function that imports PyTorch, the oracles or JAX calls `common.isolate(<that framework>)`
+    before its first such import, or the script's main() isolates its whole process for that framework, so no
+    benchmark process can hold both."""
+    for name in sorted(os.listdir(os.path.join(ROOT, "bench"))):
+        if not name.endswith(".py") or name in ("common.py", "all.py"):
+            continue
+        tree = ast.parse(open(os.path.join(ROOT, "bench", name)).read())
+        functions = [n for n in ast.walk(tree) if isinstance(n, ast.FunctionDef)]
+        whole = {_isolate_call(stmt) for fn in functions if fn.name == "main" for stmt in fn.body} - {None}
+        for fn in functions:
+            isolated = None
+            for stmt in fn.body:
+                isolated = _isolate_call(stmt) or isolated
+                mods = ([a.name for a in stmt.names] if isinstance(stmt, ast.Import) else
+                        [stmt.module or ""] if isinstance(stmt, ast.ImportFrom) else [])
+                for m in mods:
+                    framework = FRAMEWORK_OF.get(m.split(".")[0])
+                    if framework:
+                        assert framework in whole or isolated == framework, \
+                            f"bench/{name}:{stmt.lineno} {fn.name} imports {m} without common.isolate({framework!r})"

@@ -69,6 +69,13 @@ def add_distributed_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--process-id", type=int, metavar="I", help="with --distributed: this process's index")
 
 
+def add_file_job_arguments(parser: argparse.ArgumentParser) -> None:
+    """What the resumable file tools (invert, evaluate, data build) share: --part-size, the devices, --distributed."""
+    add_part_size_argument(parser)
+    add_devices_arguments(parser)
+    add_distributed_arguments(parser)
+
+
 def start_distributed(args: argparse.Namespace) -> None:
     """jax.distributed for --distributed (call before anything touches a device); the explicit values only with it."""
     explicit = [f"--{n.replace('_', '-')}" for n in ("coordinator_address", "num_processes", "process_id")

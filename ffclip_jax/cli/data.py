@@ -19,9 +19,8 @@ import json
 import os
 import sys
 
-from ffclip_jax.cli.arguments import (add_align_argument, add_batch_size_argument, add_devices_arguments,
-                                      add_distributed_arguments, add_part_size_argument, add_refine_arguments,
-                                      at_least, refine_stage, start_distributed)
+from ffclip_jax.cli.arguments import (add_align_argument, add_batch_size_argument, add_file_job_arguments,
+                                      add_refine_arguments, at_least, refine_stage, start_distributed)
 from ffclip_jax.data.builder import build, describe
 from ffclip_jax.data.latents import DOMAINS, expected_shape, load_generator, synthetic_latents
 from ffclip_jax.data.photos import DEFAULT_TEST_FRACTION, build_from_photos
@@ -59,9 +58,7 @@ def build_parser() -> argparse.ArgumentParser:
     photos.add_argument("--split-seed", type=int, default=0, help="without lists: the split's seed (default 0)")
     add_refine_arguments(photos)
     add_batch_size_argument(photos)
-    add_part_size_argument(photos)
-    add_devices_arguments(photos)
-    add_distributed_arguments(photos)
+    add_file_job_arguments(photos)
     i = sub.add_parser("info", help="print a built dataset's shape, split sizes and source as JSON")
     i.add_argument("--domain", required=True, choices=list(DOMAINS))
     i.add_argument("--data-dir", required=True)

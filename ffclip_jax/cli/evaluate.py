@@ -34,8 +34,7 @@ from tqdm import tqdm
 
 from ffclip_jax import inputs, metrics, reconstruction, report
 from ffclip_jax.cli.arguments import (add_align_argument, add_batch_size_argument, add_cache_dir_argument,
-                                      add_devices_arguments, add_distributed_arguments, add_part_size_argument,
-                                      at_least, start_distributed)
+                                      add_file_job_arguments, at_least, start_distributed)
 from ffclip_jax.errors import InputError
 from ffclip_jax.parts import Parts
 from ffclip_jax.pipeline import Editor
@@ -68,9 +67,7 @@ def build_parser() -> argparse.ArgumentParser:
     add_batch_size_argument(p)
     add_cache_dir_argument(p)
     p.add_argument("--force", action="store_true", help="replace an existing --output directory")
-    add_part_size_argument(p)
-    add_devices_arguments(p)
-    add_distributed_arguments(p)
+    add_file_job_arguments(p)
     return p
 
 

@@ -29,9 +29,8 @@ import numpy as np
 
 from ffclip_jax import inputs
 from ffclip_jax.batching import jit_apply
-from ffclip_jax.cli.arguments import (add_align_argument, add_batch_size_argument, add_devices_arguments,
-                                      add_distributed_arguments, add_part_size_argument, add_refine_arguments,
-                                      at_least, refine_stage, start_distributed)
+from ffclip_jax.cli.arguments import (add_align_argument, add_batch_size_argument, add_file_job_arguments,
+                                      add_refine_arguments, at_least, refine_stage, start_distributed)
 from ffclip_jax.errors import InputError
 from ffclip_jax.fileio import atomic_write, write_json_atomic
 from ffclip_jax.grid import save_grid
@@ -57,9 +56,7 @@ def build_parser() -> argparse.ArgumentParser:
     add_refine_arguments(p)
     p.add_argument("--save-tuned", metavar="DIR",
                    help="with --refine pti: write each photo's tuned generator to DIR/<photo name>/")
-    add_part_size_argument(p)
-    add_devices_arguments(p)
-    add_distributed_arguments(p)
+    add_file_job_arguments(p)
     return p
 
 
