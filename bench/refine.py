@@ -117,7 +117,8 @@ def run_torch(stage, size, batch, iters, device, weights):
     for i in range(1, iters + 1):
         step(i)
     sync()
-    return time.perf_counter() - t0, common.torch_peak_bytes(dev)
+    elapsed = time.perf_counter() - t0
+    return elapsed, common.peak_bytes(torch.cuda.max_memory_allocated(dev) if dev.type == "cuda" else None)
 
 
 def run_jax(stage, batching, loop, size, batch, iters, weights):
