@@ -7,12 +7,15 @@ C++ logs of XLA/TSL below WARNING, orbax's warning on every read-only checkpoint
 preparing dataset" and its progress bars (nothing is downloaded: our builder generates from arrays; the mixin
 `QuietPreparation`), transformers' Flax deprecation warning, Starlette's deprecation warning on every studio
 request, Gradio's analytics. (Gradio's "set `share=True`" hint is its launch(quiet=True): the studio prints its own
-address line.)
+address line.) When restoring checkpoints (`drop_failed_restore_echoes`): the echoes of a damaged checkpoint's other
+failed reads, which asyncio and tensorstore report when their futures and coroutines finish, at no fixed time (the
+one line naming the damaged checkpoint says what failed).
 """
 from __future__ import annotations
 
 import logging
 import os
+import sys
 import warnings
 
 # read by native libraries when they start (XLA/TSL C++ logging: 0 INFO, 1 WARNING, 2 ERROR), so set before jax runs
@@ -49,6 +52,39 @@ def quiet(verbosity: int = -1) -> None:
             logger.addFilter(_DropMessages(prefix))
     for category, message in IGNORED_WARNINGS:
         warnings.filterwarnings("ignore", message=message, category=category)
+
+
+# what orbax's concurrent array reads leave behind when one read of a damaged checkpoint fails: the others' errors,
+# never retrieved (asyncio logs them when their futures are collected) or raised in coroutines closed unfinished
+FAILED_READ_ECHOES = ("Encountered error while reading array index", "Event loop is closed")
+
+
+class _DropFailedReadEchoes(logging.Filter):
+    def filter(self, record: logging.LogRecord) -> bool:
+        text = str(record.msg) % record.args if record.args else str(record.msg)
+        return not ("exception was never retrieved" in text and any(e in text for e in FAILED_READ_ECHOES))
+
+
+def drop_failed_restore_echoes() -> None:
+    """Called before restoring checkpoints (a damaged one is named in one line by the caller): from then on asyncio's
+    "exception was never retrieved" records, the "Exception ignored in <coroutine>" reports of the other reads of
+    that checkpoint and the "Event loop is closed" errors of tensorstore's callbacks after orbax closed its loop are
+    dropped; every other log record, unraisable exception and uncaught error is shown as before."""
+    logger = logging.getLogger("asyncio")
+    if any(isinstance(f, _DropFailedReadEchoes) for f in logger.filters):
+        return
+    logger.addFilter(_DropFailedReadEchoes())
+    shown_unraisable, shown_exception = sys.unraisablehook, sys.excepthook
+
+    def unraisable_hook(unraisable):
+        if not any(e in str(unraisable.exc_value) for e in FAILED_READ_ECHOES):
+            shown_unraisable(unraisable)
+
+    def exception_hook(kind, value, traceback):  # callbacks in native threads report through one of the two
+        if not (kind is RuntimeError and str(value) in FAILED_READ_ECHOES):
+            shown_exception(kind, value, traceback)
+
+    sys.unraisablehook, sys.excepthook = unraisable_hook, exception_hook
 
 
 def set_verbosity(verbosity: int) -> None:

@@ -1,12 +1,14 @@
 """train.py and ffclip_jax.train: config errors, sharded step == single-device step, the real trainer on the tiny
 random networks and synthetic latents (loss goes down, preempt + resume == uninterrupted, restore on 1 device)."""
 import dataclasses
+import logging
 import os
 import re
 import shutil
 import signal
 import subprocess
 import sys
+import types
 
 import chex
 import jax
@@ -18,7 +20,7 @@ from absl import flags
 
 from configs import default as default_config
 from configs import tiny as tiny_configs
-from ffclip_jax import train as tl
+from ffclip_jax import logs, train as tl
 from ffclip_jax.cli import train as train_cli  # defines the --config / --workdir flags
 from ffclip_jax.errors import CheckpointError, ConfigError
 from ffclip_jax.train.loop import train_and_evaluate
@@ -481,6 +483,33 @@ def test_damaged_latest_checkpoint_falls_back(runs, tmp_path, damage):
     assert sorted(os.listdir(os.path.join(workdir, "checkpoints"))) == ["3"]
     assert os.path.isdir(os.path.join(workdir, "damaged_checkpoints", "6"))
     assert "\n" not in lines[0]
+
+
+def test_failed_restore_echoes_dropped_and_nothing_else(monkeypatch):
+    """What a damaged checkpoint's other reads leave behind (asyncio's never-retrieved futures, coroutines closed
+    unfinished, tensorstore callbacks on orbax's closed loop) is dropped; any other report is shown as before."""
+    shown = []
+    monkeypatch.setattr(sys, "unraisablehook", lambda u: shown.append(str(u.exc_value)))
+    monkeypatch.setattr(sys, "excepthook", lambda kind, value, tb: shown.append(str(value)))
+    monkeypatch.setattr(logging.getLogger("asyncio"), "filters", [])
+    logs.drop_failed_restore_echoes()
+    logs.drop_failed_restore_echoes()  # once only: the hooks are not wrapped twice
+
+    def unraisable(error):
+        return types.SimpleNamespace(exc_type=type(error), exc_value=error, exc_traceback=None, err_msg=None,
+                                     object=None)
+
+    sys.unraisablehook(unraisable(RuntimeError("Event loop is closed")))
+    sys.unraisablehook(unraisable(Exception("Encountered error while reading array index: (slice(0, 64, 1),)")))
+    sys.excepthook(RuntimeError, RuntimeError("Event loop is closed"), None)
+    record = logging.LogRecord("asyncio", logging.ERROR, __file__, 1, "%s exception was never retrieved\nfuture: %r",
+                               ("_GatheringFuture", Exception("Encountered error while reading array index")), None)
+    assert not logging.getLogger("asyncio").filter(record) and shown == []
+    sys.unraisablehook(unraisable(ValueError("something else")))
+    sys.excepthook(RuntimeError, RuntimeError("another error"), None)
+    other = logging.LogRecord("asyncio", logging.ERROR, __file__, 1, "Task exception was never retrieved: %s",
+                              (ValueError("x"),), None)
+    assert logging.getLogger("asyncio").filter(other) and shown == ["something else", "another error"]
 
 
 def test_every_checkpoint_damaged_is_one_error(runs, tmp_path):

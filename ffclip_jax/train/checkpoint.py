@@ -14,6 +14,7 @@ import jax
 import ml_collections
 import numpy as np
 
+from ffclip_jax import logs
 from ffclip_jax.errors import CheckpointError, ConfigError
 from ffclip_jax.fileio import atomic_output_dir
 from ffclip_jax.models.mapper import DynamicMapper
@@ -89,6 +90,7 @@ def restore_newest(workdir: str, target: TrainState, shardings,
     steps = step_dirs(workdir)
     damaged: Dict[int, str] = {}
     found = None
+    logs.drop_failed_restore_echoes()  # before a read fails: its echoes come while orbax's restore unwinds, and later
     for step in sorted(steps, reverse=True):
         problem = _structure_problem(steps[step])
         if problem is None:
