@@ -343,6 +343,7 @@ atexit.register(_report)
 """
 
 
+@pytest.mark.slow  # a minute: every job built; test_every_framework_import_follows_isolate reads the same rule
 def test_no_benchmark_process_imports_both_frameworks_or_tests(tmp_path):
     """Every process of a `bench/all.py --tiny --build-only` run (probes, the weights writer, every job built and
     traced) reports its modules at exit: PyTorch or JAX, never both, nothing from tests/ but the tests/torch_ref

@@ -230,14 +230,16 @@ def test_cli_edit_and_evaluate_on_8_devices(tiny_weights, stub_arcface, tmp_path
 # rows are bit-equal at the same photos per device; 3 photos pad the last batch on every device count
 
 
-@pytest.mark.parametrize("devices", [2, pytest.param(DEVICES, marks=pytest.mark.slow)])
-def test_refinement_on_n_devices_equals_1(refine_weights, devices):
+@pytest.mark.parametrize("devices, stages", [(2, ("w+",)), pytest.param(2, ("pti",), marks=pytest.mark.slow),
+                                             pytest.param(DEVICES, ("w+", "pti"), marks=pytest.mark.slow)])
+def test_refinement_on_n_devices_equals_1(refine_weights, devices, stages):
+    """(Default suite: W+ on 2 devices; PTI's per-device compiles, about a minute here, and 8 devices are slow.)"""
     from test_refine_pipeline import photos as refine_photos
 
     one, many = (Editor.from_pretrained(str(refine_weights), batch_size=n, devices=n,
                                         cache_dir=str(refine_weights / "cache")) for n in (1, devices))
     images = refine_photos(3, seed=11)
-    for stage in ("w+", "pti"):
+    for stage in stages:
         enc1, encn = (e.invert(images, refine=stage, steps=3) for e in (one, many))
         np.testing.assert_array_equal(encn.w, enc1.w, err_msg=stage)
         for f in enc1.refinement:

@@ -14,7 +14,6 @@ import subprocess
 import sys
 import types
 
-import flax.linen as nn
 import jax
 import jax.numpy as jnp
 import numpy as np
@@ -22,7 +21,7 @@ import pytest
 from PIL import Image
 
 from ffclip_jax import reconstruction as rec
-from ffclip_jax import refine, tiny
+from ffclip_jax import refine
 from ffclip_jax.cli import evaluate as evaluate_cli
 from ffclip_jax.errors import FFCLIPError, InputError
 from ffclip_jax.models.mapper import DynamicMapper
@@ -30,21 +29,13 @@ from ffclip_jax.pipeline import Editor
 from ffclip_jax.weights import pretrained, registry
 from ffclip_jax.weights.manifest import resolve
 from parity import ROOT, U32
+from test_evaluate import ChannelMean  # the ArcFace stand-in (registered below by this module's name)
+import tiny_shared
 
 PROMPTS = ["Blue hair", "Bald"]
 # small refinements that fit the pixels (W+ with an MSE term at PTI's projector rate, as tests/test_refine.py)
 W_PLUS = refine.WPlusSettings(steps=20, lr=0.01, l2_weight=1.0)
 PTI = refine.PTISettings(steps=20)
-
-
-class ChannelMean(nn.Module):
-    """Stand-in for ArcFace: the L2-normalised per-channel means of the image, (B, H, W, 3) -> (B, 3)."""
-    input_size: int = 112
-
-    @nn.compact
-    def __call__(self, x):
-        f = jnp.mean(x, axis=(1, 2)) * self.param("scale", nn.initializers.ones, (3,))
-        return f / jnp.linalg.norm(f, axis=-1, keepdims=True)
 
 
 @pytest.fixture
@@ -66,7 +57,7 @@ def setup(tmp_path_factory):
     """The tiny networks, a random mapper, the stand-in ArcFace; weights directories (full, without LPIPS-VGG,
     without ArcFace, with the real IR-SE50 ArcFace); a photo folder and an empty one."""
     root = tmp_path_factory.mktemp("recon")
-    nets = tiny.ensure_networks(str(root / "tiny"))
+    nets = tiny_shared.ensure_networks(str(root / "tiny"))
     gen, gvars = pretrained.load(nets["generator"])
     mapper_config = dict(n_latent=gen.n_latent, style_dim=gen.style_dim, num_blocks=1)
     mapper = DynamicMapper(**mapper_config)

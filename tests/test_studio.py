@@ -24,6 +24,7 @@ from PIL import Image
 from ffclip_jax.grid import to_uint8
 from ffclip_jax.pipeline import Editor
 from ffclip_jax.studio.engine import EditRequest, Engine
+import tiny_shared
 from test_align import save_rotated
 
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
@@ -44,11 +45,10 @@ def build_weights(directory: str) -> str:
     import jax
     import jax.numpy as jnp
 
-    from ffclip_jax import tiny
     from ffclip_jax.models.mapper import DynamicMapper
     from ffclip_jax.weights import pretrained, write_manifest
 
-    nets = tiny.ensure_networks(os.path.join(directory, "assets"))
+    nets = tiny_shared.ensure_networks(os.path.join(directory, "assets"))
     weights = os.path.join(directory, "weights")
     nets["mapper"] = os.path.join(weights, "mapper")
     if not os.path.isfile(os.path.join(nets["mapper"], pretrained.META_FILE)):

@@ -31,9 +31,7 @@ from parity import ROOT, assert_float32_parity, params_digest
 
 @pytest.fixture(scope="module")
 def assets(tmp_path_factory):
-    from ffclip_jax import tiny
-
-    return tiny.ensure_assets(str(tmp_path_factory.mktemp("tiny_assets")))
+    return tiny_shared.ensure_assets(str(tmp_path_factory.mktemp("tiny_assets")))
 
 
 def tiny_config(assets, cache, **overrides):
