@@ -26,6 +26,7 @@ from ffclip_jax.errors import CheckpointError, ConfigError
 from ffclip_jax.train.loop import train_and_evaluate
 from ffclip_jax.weights.registry import WEIGHTS_NETWORKS
 from parity import ROOT, assert_float32_parity, params_digest
+import tiny_shared
 
 
 
