@@ -22,7 +22,7 @@ from ffclip_jax.errors import InputError, run_cli
 from ffclip_jax.pipeline import DEFAULT_BATCH, Editor
 from test_evaluate import N_LATENTS, stub_arcface, tiny_weights  # noqa: F401  (fixtures)
 from test_invert import SIZE, encoder_dir  # noqa: F401  (fixture)
-from test_pipeline import BATCH, DIM, editor, photos  # noqa: F401  (fixture)
+from test_pipeline import BATCH, DIM, editor, photo_files, photos  # noqa: F401  (fixture)
 from test_refine_pipeline import refine_weights  # noqa: F401  (fixture)
 
 DEVICES = 8
@@ -106,12 +106,7 @@ def test_invert_and_files_on_8_devices(editor, editor8, tmp_path):
     images = photos(7, seed=5)
     np.testing.assert_array_equal(editor8.invert(images), editor.invert(images))
     np.testing.assert_array_equal(editor8.invert(images[:3], align=False), editor.invert(images[:3], align=False))
-    files = []
-    for i, im in enumerate(images):
-        files.append(str(tmp_path / f"{i}.png"))
-        Image.fromarray(im).save(files[-1])
-    (tmp_path / "broken.png").write_bytes(b"no")
-    files.insert(3, str(tmp_path / "broken.png"))
+    files = photo_files(tmp_path, images, 3)
     enc8, enc1 = (e.encode_files(files, keep_inputs=2, progress=False) for e in (editor8, editor))
     assert enc8.sources == enc1.sources and enc8.skipped == enc1.skipped and len(enc8.sources) == 7
     np.testing.assert_array_equal(enc8.w, enc1.w)

@@ -106,14 +106,20 @@ def test_refine_stage_between_invert_and_map(editor):
         editor.invert(images, refine="w+", steps=2)
 
 
-def test_encode_files_streams_and_lists_what_it_skips(editor, tmp_path):
-    images = photos(5, seed=2)
+def photo_files(folder, images, broken_at):
+    """The images saved as folder/<i>.png, with an unreadable folder/broken.png inserted at `broken_at`: paths."""
     files = []
     for i, im in enumerate(images):
-        files.append(str(tmp_path / f"{i}.png"))
+        files.append(str(folder / f"{i}.png"))
         Image.fromarray(im).save(files[-1])
-    (tmp_path / "broken.png").write_bytes(b"not a png")
-    files.insert(2, str(tmp_path / "broken.png"))
+    (folder / "broken.png").write_bytes(b"not a png")
+    files.insert(broken_at, str(folder / "broken.png"))
+    return files
+
+
+def test_encode_files_streams_and_lists_what_it_skips(editor, tmp_path):
+    images = photos(5, seed=2)
+    files = photo_files(tmp_path, images, 2)
     enc = editor.encode_files(files, keep_inputs=3, progress=False)
     assert enc.sources == files[:2] + files[3:]
     assert enc.skipped == [(files[2], f"{files[2]}: not a readable image (UnidentifiedImageError)")]
