@@ -115,11 +115,15 @@ def refine_jobs(dev, s, work):
     return [Job("refine", "bench/refine.py", args, 480 if dev["platform"] != "cpu" else 420, whole=True, priority=4)]
 
 
+def e4e_input_size(s):
+    return 64 if s["size"] < 256 else 256
+
+
 def invert_jobs(dev, s, work):
     """e4e inversion through the Editor on one device and on every local device (where there is more than one),
     the PyTorch e4e on one; the generator's size sets the styles, the input is e4e's 256 px (64 px with --tiny);
     the refinement stages (W+, PTI: 2 steps a call) likewise on one device and on every local device."""
-    base = ["--size", s["size"], "--input-size", 64 if s["size"] < 256 else 256, "--batch", s["gen_batch"],
+    base = ["--size", s["size"], "--input-size", e4e_input_size(s), "--batch", s["gen_batch"],
             "--iters", s["gen_iters"], "--torch-device", dev["torch"], "--refine-steps", 2]
     every = dev["count"] > 1
     ones = ["torch", "jax:1"] + (["jax:all"] if every else []) + [
@@ -326,6 +330,8 @@ def rows(results, dev, s):
             out.append(row)
     if any(k.startswith("invert/") for k in results):
         out += invert_table_rows(results, dev, s)
+    if "refine" in results:
+        out += refine_table_rows(results["refine"], s)
     out.append(whole_row(results.get("studio/jax/engine"), "studio engine batching",
                          "16 clients, batched vs one at a time", TARGETS["studio_batching"], accel))
     out.append(whole_row(results.get("studio/gradio"), "studio server (Gradio)", "1/4/16 clients, gradio_client",
@@ -337,7 +343,7 @@ def invert_table_rows(results, dev, s):
     """e4e inversion: JAX on one device against PyTorch; every local device against one (the scaling, ideal = the
     device count); the refinement stages' images/s likewise (bench/refine.py has them against PyTorch)."""
     one, torch_r, every = (results.get(f"invert/{k}") for k in ("jax/1", "torch", "jax/all"))
-    setting = f"{s['size']} px generator (e4e input 256), batch {s['gen_batch']}/device"
+    setting = f"{s['size']} px generator (e4e input {e4e_input_size(s)}), batch {s['gen_batch']}/device"
     row = dict(benchmark="e4e inversion, 1 device", setting=setting, jax=one["images_per_s"] if _ok(one) else None,
                torch=torch_r["images_per_s"] if _ok(torch_r) else None, peak=one["peak_bytes"] if _ok(one) else None,
                target="-")
@@ -354,6 +360,32 @@ def invert_table_rows(results, dev, s):
                        peak=r1["peak_bytes"] if _ok(r1) else None, target="-",
                        status="-" if _ok(r1) else _why(r1, True))
         out += [one_row, all_devices_row(f"{name} refinement", rset, rn, one_row, n)]
+    return out
+
+
+def refine_table_rows(r, s):
+    """W+ and PTI refinement against the PyTorch loops, from bench/refine.py's JSON: the fastest JAX batching of
+    each stage, image-steps/s, and refine.py's own target (its CPU and accelerator values)."""
+    out = []
+    for stage, name in (("w_plus", "W+"), ("pti", "PTI")):
+        row = dict(benchmark=f"{name} refinement vs PyTorch", setting=f"{s['size']} px, batch {s['gen_batch']}",
+                   jax=None, torch=None, ratio=None, peak=None, target="-")
+        if not _ok(r):
+            out.append(dict(row, status=_why(r, True)))
+            continue
+        row["target"] = f">= {r['target']}x"
+        mine = [x for x in r["results"] if x["stage"] == stage]
+        torch_r = next((x for x in mine if x["framework"] == "torch"), None)
+        jax_r = max((x for x in mine if x["framework"] == "jax"), key=lambda x: x["image_steps_per_s"], default=None)
+        if jax_r:
+            row.update(setting=f"{row['setting']}, {jax_r['batching']} (image-steps/s)",
+                       jax=jax_r["image_steps_per_s"], peak=jax_r["peak_bytes"])
+        if torch_r:
+            row["torch"] = torch_r["image_steps_per_s"]
+        row["ratio"] = row["jax"] / row["torch"] if row["jax"] and row["torch"] else None
+        row["status"] = ("not measured (a framework's run failed: see the log)" if row["ratio"] is None else
+                         "met" if row["ratio"] >= r["target"] else "not met")
+        out.append(row)
     return out
 
 

@@ -224,6 +224,23 @@ def test_whole_script_rows():
     assert mod.whole_row(dict(results=[]), "g", "-", None, accel=True)["status"] == "ran (numbers in the JSON)"
 
 
+def test_refine_rows_from_its_json():
+    """bench/refine.py's JSON gives the W+ and PTI rows: the fastest JAX batching against PyTorch, at refine.py's
+    target; a failed job or a stage with one framework missing is 'not measured'."""
+    mod = load_all()
+    s = mod.sizes(dict(platform="cpu", count=1), tiny=True)
+    x = lambda fw, stage, ips, batching="-": dict(framework=fw, stage=stage, image_steps_per_s=ips,  # noqa: E731
+                                                    batching=batching, peak_bytes=2 ** 30)
+    r = dict(target=1.5, results=[x("torch", "w_plus", 2.0), x("jax", "w_plus", 4.0, "vmap"),
+                                  x("jax", "w_plus", 3.0, "map"), x("jax", "pti", 1.0, "map")])
+    w, pti = mod.refine_table_rows(r, s)
+    assert (w["benchmark"], w["ratio"], w["target"], w["status"]) == ("W+ refinement vs PyTorch", 2.0, ">= 1.5x", "met")
+    assert "vmap" in w["setting"] and pti["ratio"] is None and pti["status"].startswith("not measured")
+    assert all(row["status"] == "not measured (boom)" for row in mod.refine_table_rows(dict(error="boom"), s))
+    table = mod.markdown(mod.rows({"refine": r}, dict(platform="cpu", count=1, gradio=False), s))
+    assert "| W+ refinement vs PyTorch |" in table and "| PTI refinement vs PyTorch |" in table
+
+
 def write_script(path, body):
     path.write_text(textwrap.dedent(body))
     return str(path)

@@ -9,7 +9,7 @@ through gradio_client, no server path readable, 16 concurrent clients each getti
 memory flat over 212 requests: slow). (The parts alone: test_studio_engine.)"""
 import io
 import os
-import signal
+import re
 import socket
 import subprocess
 import sys
@@ -117,13 +117,16 @@ def server(env):
             pytest.fail(f"studio did not serve {url} within 300 s:\n{output()}")
         time.sleep(0.5)
     yield dict(url=url, proc=proc, output=output)
-    proc.send_signal(signal.SIGINT)
+    proc.terminate()  # SIGTERM, as a service manager stops it: the server closes and removes its folder
     try:
-        proc.wait(10)
+        proc.wait(60)
     except subprocess.TimeoutExpired:
         proc.kill()
         proc.wait()
+        pytest.fail(f"studio still running 60 s after SIGTERM:\n{output()}")
+    workdir = re.search(r"\(files under (\S+)\)", output(1_000_000)).group(1)
     log.close()
+    assert not os.path.exists(workdir), f"{workdir} left behind after SIGTERM"
 
 
 @pytest.fixture(scope="module")
@@ -579,12 +582,12 @@ LOAD_PROMPTS = ["Blue hair", "Bald", "Smiling", "Man aged 10", "Purple hair", "G
 
 
 def test_load(server, editor):
-    """16 clients x 4 requests at once: every answer equal to the Editor's for its own (seed, prompt), and the
+    """16 clients x 2 requests at once: every answer equal to the Editor's for its own (seed, prompt), and the
     server's log shows edit calls that served several requests together."""
     results, errors = {}, []
-    _burst(server["url"], 16, 4, 0, results, errors)
+    _burst(server["url"], 16, 2, 0, results, errors)
     assert not errors, errors[:3]
-    assert len(results) == 64
+    assert len(results) == 32
     for (seed, prompt), out in results.items():
         assert "Edited" in out[-1], out[-1]
         w = editor.sample(1, seed, 0.7)

@@ -73,18 +73,19 @@ def test_z_truncation_mixing_and_latents(converted):
     tg, latent_avg, module, variables = converted
     rs = np.random.RandomState(1)
     z1, z2 = (rs.randn(2, module.style_dim).astype(np.float32) for _ in range(2))
-    img, lat = module.apply(variables, [z1, z2], truncation=0.7, inject_index=3, return_latents=True)
+    apply = jax.jit(module.apply, static_argnames=("truncation", "inject_index", "return_latents", "method"))
+    img, lat = apply(variables, [z1, z2], truncation=0.7, inject_index=3, return_latents=True)
     (ref, ref_lat), (ref64, ref_lat64) = torch_images(tg, [z1, z2], truncation=0.7, truncation_latent=latent_avg,
                                                       inject_index=3, return_latents=True)
     assert_float32_parity(lat, ref_lat.numpy(), ref_lat64.numpy(), "mixed latents")
     assert_float32_parity(img, nhwc(ref), nhwc(ref64), "image")
     # mapping network and an explicit truncation_latent
-    mapped = module.apply(variables, z1, method=module.mapping)
+    mapped = apply(variables, z1, method=module.mapping)
     with torch.no_grad():
         assert_float32_parity(mapped, tg.style(torch.from_numpy(z1)).numpy(),
                               float64_copy(tg).style(torch.from_numpy(z1).double()).numpy(), "mapping")
     t_lat = rs.randn(module.style_dim).astype(np.float32)
-    img2 = module.apply(variables, z1, truncation=0.5, truncation_latent=t_lat)
+    img2 = apply(variables, z1, truncation=0.5, truncation_latent=t_lat)
     (ref2, _), (ref2_64, _) = torch_images(tg, [z1], truncation=0.5, truncation_latent=torch.from_numpy(t_lat))
     assert_float32_parity(img2, nhwc(ref2), nhwc(ref2_64), "image, truncation_latent")
 
@@ -92,16 +93,16 @@ def test_z_truncation_mixing_and_latents(converted):
 def test_noise_modes(converted):
     tg, _, module, variables = converted
     w = np.random.RandomState(2).randn(1, module.style_dim).astype(np.float32)
-    none = module.apply(variables, w, input_is_latent=True, noise_mode="none")
+    apply = jax.jit(module.apply, static_argnames=("input_is_latent", "noise_mode"))
+    none = apply(variables, w, input_is_latent=True, noise_mode="none")
     zeros = [torch.zeros(1, 1, 2 ** ((i + 5) // 2), 2 ** ((i + 5) // 2)) for i in range(tg.num_layers)]
     with torch.no_grad():
         ref, _ = tg([torch.from_numpy(w)], input_is_latent=True, noise=zeros)
         ref64, _ = float64_copy(tg)([torch.from_numpy(w).double()], input_is_latent=True,
                                     noise=[z.double() for z in zeros])
     assert_float32_parity(none, nhwc(ref), nhwc(ref64), "image, no noise")
-    r1 = module.apply(variables, w, input_is_latent=True, noise_mode="random", rngs={"noise": jax.random.PRNGKey(1)})
-    r2 = module.apply(variables, w, input_is_latent=True, noise_mode="random", rngs={"noise": jax.random.PRNGKey(1)})
-    r3 = module.apply(variables, w, input_is_latent=True, noise_mode="random", rngs={"noise": jax.random.PRNGKey(2)})
+    r1, r2, r3 = (apply(variables, w, input_is_latent=True, noise_mode="random", rngs={"noise": jax.random.PRNGKey(k)})
+                  for k in (1, 1, 2))
     np.testing.assert_array_equal(r1, r2)
     assert np.abs(np.asarray(r1) - np.asarray(r3)).max() > 1e-4  # other noise: O(0.1) changes, far above rounding
     mean = module.apply(variables, 256, jax.random.PRNGKey(0), method=module.mean_latent)

@@ -258,25 +258,20 @@ def eval_reference(step_inputs):
     return two, want, truth
 
 
-class EvalLossesJitAndEagerTest(chex.TestCase):
-    """The per-example evaluation losses of the step, jitted and run eagerly (chex variants): each as accurate as
-    the jitted float32 program against the float64 truth (the random-init mapper amplifies float32 rounding, and an
-    eager run rounds in another order, so equality to a fixed tolerance would depend on the CPU)."""
-
-    @pytest.fixture(autouse=True)
-    def _inputs(self, step_inputs, eval_reference):
-        self.inputs, self.reference = step_inputs, eval_reference
-
-    @chex.variants(with_jit=True, without_jit=True)
-    def test_eval_losses(self):
-        config, nets, frozen, params, _ = self.inputs
-        two, want, truth = self.reference
-        opts = tl.step_options(config)
-        out = self.variant(lambda p, f, b: tl.eval_losses(p, f, b, nets=nets, opts=opts))(params, frozen, two)
-        chex.assert_tree_shape_prefix(out, (2,))
-        chex.assert_tree_all_finite(out)
-        for k in want:
-            assert_float32_parity(out[k], want[k], truth[k], k, reference="jit")
+@pytest.mark.parametrize("jitted", [True, pytest.param(False, marks=pytest.mark.slow)], ids=["jit", "eager"])
+def test_eval_losses(step_inputs, eval_reference, jitted):
+    """The per-example evaluation losses of the step, jitted and run eagerly (eager, half a minute: slow): each as
+    accurate as the jitted float32 program against the float64 truth (the random-init mapper amplifies float32
+    rounding, and an eager run rounds in another order, so equality to a fixed tolerance would depend on the CPU)."""
+    config, nets, frozen, params, _ = step_inputs
+    two, want, truth = eval_reference
+    opts = tl.step_options(config)
+    fn = lambda p, f, b: tl.eval_losses(p, f, b, nets=nets, opts=opts)  # noqa: E731
+    out = (jax.jit(fn) if jitted else fn)(params, frozen, two)
+    chex.assert_tree_shape_prefix(out, (2,))
+    chex.assert_tree_all_finite(out)
+    for k in want:
+        assert_float32_parity(out[k], want[k], truth[k], k, reference="jit")
 
 
 def test_lr_schedule_multistep():

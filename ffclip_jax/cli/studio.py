@@ -4,13 +4,14 @@
         [--auth-file users.txt] [--batch-size 8] [--no-batching] [--devices N|all] [--frozen-sharding fsdp]
 
 It binds 127.0.0.1 unless --host says otherwise, never makes share links, and serves no server path but the files
-the page wrote (one temporary folder per server, removed on exit).
+the page wrote (one temporary folder per server, removed on exit: Ctrl-C or SIGTERM).
 """
 from __future__ import annotations
 
 import argparse
 import os
 import shutil
+import signal
 import tempfile
 from typing import List, Tuple
 
@@ -43,6 +44,10 @@ def read_auth(path: str) -> List[Tuple[str, str]]:
     return pairs
 
 
+def _interrupt(signum, frame):
+    raise KeyboardInterrupt  # SIGTERM (a service manager's stop) closes the server like Ctrl-C, then the finally
+
+
 def build_parser() -> argparse.ArgumentParser:
     p = argparse.ArgumentParser(prog="ffclip studio", description=__doc__.split("\n\n")[0])
     p.add_argument("--weights", required=True, help="weights directory (manifest, trainer export or workdir)")
@@ -65,6 +70,7 @@ def main(argv=None) -> None:
         raise InputError(f"--align {args.align}: no such file")
     options = page.launch_options()  # gradio first: without it, one line before any network is loaded
     workdir = tempfile.mkdtemp(prefix="ffclip-studio-")
+    signal.signal(signal.SIGTERM, _interrupt)
     os.environ["GRADIO_TEMP_DIR"] = os.path.join(workdir, "gradio")  # gradio's upload/cache copies stay here too
     os.environ["GRADIO_ANALYTICS_ENABLED"] = "False"
     os.environ.setdefault("GRADIO_SERVER_NAME", args.host)
