@@ -18,6 +18,7 @@ import argparse
 import importlib.util
 import json
 import os
+import shutil
 import socket
 import subprocess
 import sys
@@ -114,7 +115,8 @@ def engine_measurement(engine, iters: int, clients: int = CLIENTS) -> dict:
     single = float(np.median([serve(engine, requests(clients, 1000 * i + 500), False) for i in range(iters)]))
     return dict(frame_ms=frame_ms, clients=clients, batched_s=batched, one_at_a_time_s=single,
                 batching_gain=single / batched, images_per_s=clients / batched,
-                requests_per_s_batched=clients / batched, requests_per_s_one_at_a_time=clients / single, warmup_s=warmup, timed_s=time.perf_counter() - t1)
+                requests_per_s_batched=clients / batched, requests_per_s_one_at_a_time=clients / single,
+                warmup_s=warmup, timed_s=time.perf_counter() - t1)
 
 
 def run_engine(size: int, batch_size: int, iters: int, work: str, build_only: bool = False) -> dict:
@@ -259,8 +261,16 @@ def main():
     logs.quiet()  # as the tools: no transformers Flax deprecation line, no INFO logs
     if not args.device:
         os.environ["JAX_PLATFORMS"] = "cpu"
-    iters = args.iters or (1 if args.tiny else 3)
     work = tempfile.mkdtemp(prefix="bench-studio-")
+    tempfile.tempdir = work  # gradio_client leaves an empty folder in the temp dir per file it downloads: here
+    try:
+        run(args, work)
+    finally:
+        shutil.rmtree(work, ignore_errors=True)
+
+
+def run(args, work: str) -> None:
+    iters = args.iters or (1 if args.tiny else 3)
     if args.one:
         size = args.size or (1024 if args.device else 32)
         print(json.dumps(run_engine(size, args.batch_size, iters, work, args.build_only)))

@@ -13,6 +13,7 @@ import re
 import socket
 import subprocess
 import sys
+import tempfile
 import threading
 import time
 import urllib.request
@@ -74,6 +75,22 @@ def env(tmp_path_factory):
     return dict(dir=d, weights=weights, cache=str(d / "cache"))
 
 
+@pytest.fixture(scope="module", autouse=True)
+def client_temp_files_here(tmp_path_factory):
+    """gradio_client (2.5) leaves an empty folder in the temp dir for every file it downloads: this module's temp dir
+    is its own folder, removed with the module's others (conftest)."""
+    with pytest.MonkeyPatch.context() as mp:
+        mp.setattr(tempfile, "tempdir", str(tmp_path_factory.mktemp("client_temp")))
+        yield
+
+
+def client(server):
+    """A gradio_client user of `server`, downloading the answers' files into this module's folder."""
+    from gradio_client import Client
+
+    return Client(server["url"], verbose=False, download_files=server["downloads"])
+
+
 @pytest.fixture(scope="module")
 def editor(env):
     return Editor.from_pretrained(env["weights"], batch_size=BATCH, cache_dir=env["cache"])
@@ -116,7 +133,7 @@ def server(env):
             proc.kill()
             pytest.fail(f"studio did not serve {url} within 300 s:\n{output()}")
         time.sleep(0.5)
-    yield dict(url=url, proc=proc, output=output)
+    yield dict(url=url, proc=proc, output=output, downloads=str(env["dir"] / "downloads"))
     proc.terminate()  # SIGTERM, as a service manager stops it: the server closes and removes its folder
     try:
         proc.wait(60)
@@ -476,9 +493,9 @@ def test_no_server_paths(server):
 
 
 def test_api(server, editor, photo):
-    from gradio_client import Client, handle_file
+    from gradio_client import handle_file
 
-    c = Client(server["url"], verbose=False)
+    c = client(server)
     # preview of an upload: the photo and its reconstruction
     view, recon, refined, *_, status = c.predict(handle_file(str(photo)), "none", None, api_name="/preview")
     source = np.asarray(Image.open(photo).convert("RGB"))
@@ -531,9 +548,9 @@ def test_api(server, editor, photo):
 
 
 def test_api_bad_files(server, tmp_path):
-    from gradio_client import Client, handle_file
+    from gradio_client import handle_file
 
-    c = Client(server["url"], verbose=False)
+    c = client(server)
     nan = np.zeros((N_LATENT, STYLE_DIM), np.float32)
     nan[0, 0] = np.nan
     np.save(tmp_path / "nan.npy", nan)
@@ -555,14 +572,13 @@ def test_api_bad_files(server, tmp_path):
 # load
 
 
-def _burst(url, clients, per_client, base, results, errors):
+def _burst(server, clients, per_client, base, results, errors):
     """`clients` gradio_client users at once, each sending `per_client` random-source edits (scores off: the mapper
     and the generator are what is batched); results[(seed, prompt)] = the /edit answer."""
-    from gradio_client import Client
 
     def work(k):
         try:
-            c = Client(url, verbose=False)
+            c = client(server)
             for i in range(per_client):
                 seed = base + k * per_client + i
                 prompt = LOAD_PROMPTS[(k + i) % len(LOAD_PROMPTS)]
@@ -585,7 +601,7 @@ def test_load(server, editor):
     """16 clients x 2 requests at once: every answer equal to the Editor's for its own (seed, prompt), and the
     server's log shows edit calls that served several requests together."""
     results, errors = {}, []
-    _burst(server["url"], 16, 2, 0, results, errors)
+    _burst(server, 16, 2, 0, results, errors)
     assert not errors, errors[:3]
     assert len(results) == 32
     for (seed, prompt), out in results.items():
@@ -610,10 +626,10 @@ def test_memory_stays_flat(server):
 
     proc = psutil.Process(server["proc"].pid)
     results, errors = {}, []
-    _burst(server["url"], 4, 5, 100_000, results, errors)
+    _burst(server, 4, 5, 100_000, results, errors)
     rss0 = proc.memory_info().rss
     for base in (1000, 2000, 3000):
-        _burst(server["url"], 16, 4, base, results, errors)
+        _burst(server, 16, 4, base, results, errors)
     assert not errors, errors[:3]
     rss1 = proc.memory_info().rss
     print(f"\nload: RSS {rss0 / 2**20:.0f} -> {rss1 / 2**20:.0f} MiB")

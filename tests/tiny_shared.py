@@ -9,11 +9,12 @@ import tempfile
 from ffclip_jax import tiny
 
 _BUILT = []  # the session's one folder of built networks
+_TEMP = tempfile.gettempdir()  # the system's, whatever a module sets tempfile.tempdir to later
 
 
 def _built() -> str:
     if not _BUILT:
-        _BUILT.append(tempfile.mkdtemp(prefix="ffclip-tiny-networks-"))
+        _BUILT.append(tempfile.mkdtemp(prefix="ffclip-tiny-networks-", dir=_TEMP))
         atexit.register(shutil.rmtree, _BUILT[0], True)
         tiny.ensure_networks(_BUILT[0])
     return _BUILT[0]

@@ -68,13 +68,13 @@ def main(argv=None) -> None:
     auth = read_auth(args.auth_file) if args.auth_file else None
     if args.align and not os.path.isfile(args.align):
         raise InputError(f"--align {args.align}: no such file")
-    options = page.launch_options()  # gradio first: without it, one line before any network is loaded
     workdir = tempfile.mkdtemp(prefix="ffclip-studio-")
     signal.signal(signal.SIGTERM, _interrupt)
-    os.environ["GRADIO_TEMP_DIR"] = os.path.join(workdir, "gradio")  # gradio's upload/cache copies stay here too
+    os.environ["GRADIO_TEMP_DIR"] = os.path.join(workdir, "gradio")  # gradio's own files too (read at its import)
     os.environ["GRADIO_ANALYTICS_ENABLED"] = "False"
     os.environ.setdefault("GRADIO_SERVER_NAME", args.host)
     try:
+        options = page.launch_options()  # gradio first: without it, one line before any network is loaded
         log(f"loading networks from {args.weights}")
         editor = Editor.from_pretrained(args.weights, batch_size=args.batch_size, cache_dir=args.cache_dir,
                                         align=args.align, devices=args.devices, frozen=args.frozen_sharding)
