@@ -250,7 +250,7 @@ def test_budget_end_stops_the_running_job_and_keeps_what_was_measured(tmp_path, 
     """run_plan under a budget: a finished job keeps its numbers, the one running when the budget ends is stopped
     with everything it started, the rest are not run."""
     mod = load_all()
-    monkeypatch.setattr(mod, "MIN_START_S", 5)
+    monkeypatch.setattr(mod, "MIN_START_S", 3)
     quick = write_script(tmp_path / "quick.py", """
         import json
         print(json.dumps(dict(images_per_s=2.0, peak_bytes=1)))
@@ -265,7 +265,8 @@ def test_budget_end_stops_the_running_job_and_keeps_what_was_measured(tmp_path, 
     jobs = [mod.Job("a", quick, [], 600), mod.Job("b", slow, [], 600), mod.Job("c", quick, [], 600),
             mod.Job("d", quick, [], 600, needs="b")]
     seen = []
-    results, cut = mod.run_plan(jobs, time.perf_counter() + 15, after=lambda r: seen.append(sorted(r)))
+    # 8 s: job a (a Python start) has 5 s to finish before b must start with MIN_START_S left
+    results, cut = mod.run_plan(jobs, time.perf_counter() + 8, after=lambda r: seen.append(sorted(r)))
     assert cut == "the budget"
     assert results["a"]["images_per_s"] == 2.0
     assert results["b"]["error"].startswith("stopped at the budget ended after ")

@@ -247,8 +247,10 @@ def test_refinement_on_n_devices_equals_1(refine_weights, devices, stages):
         np.testing.assert_array_equal(rn.reconstructions, r1.reconstructions, err_msg=stage)
 
 
+@pytest.mark.slow
 def test_pti_parameters_live_on_the_device_of_their_image(refine_weights):
-    """refine_pti on a 2-device mesh: image i's tuned parameters (and its result rows) on device i // 2."""
+    """refine_pti on a 2-device mesh: image i's tuned parameters (and its result rows) on device i // 2 (slow: PTI's
+    per-device compiles, half a minute here)."""
     from ffclip_jax import refine
     from test_refine_pipeline import library_inputs, photos as refine_photos
 
