@@ -1,8 +1,10 @@
 """Training data: prompt lists, the ffclip_latents TFDS dataset (files and synthetic, read back without TensorFlow),
 input validation, and the deterministic, resumable, multi-process input pipeline with sharded placement."""
 import json
+import os
 import subprocess
 import sys
+import tempfile
 
 import jax
 import jax.numpy as jnp
@@ -12,6 +14,7 @@ from jax.sharding import Mesh, NamedSharding, PartitionSpec
 
 from ffclip_jax.weights import pretrained
 from ffclip_jax.data import TrainBatches, eval_batches, open_split, synthetic_latents
+from ffclip_jax.data.builder import build
 from ffclip_jax.cli.data import main as data_main
 from ffclip_jax.errors import FFCLIPError, run_cli
 from ffclip_jax.text.prompts import load_prompts
@@ -91,6 +94,17 @@ def test_build_reads_back_equal_without_tensorflow(built):
     same = tfds.data_source("ffclip_latents/custom", data_dir=data_dir, split="test")
     np.testing.assert_array_equal(same[3]["w"], test[3])
     np.testing.assert_array_equal(grain.MapDataset.source(same)[5]["w"], test[5])
+
+
+def test_build_leaves_nothing_in_the_temp_dir(tmp_path, monkeypatch):
+    """A build writes only its dataset: TFDS's DatasetInfo made (and left) an empty temporary folder per build."""
+    temp = tmp_path / "temp"
+    temp.mkdir()
+    monkeypatch.setattr(tempfile, "tempdir", str(temp))
+    rng = np.random.default_rng(1)
+    splits = {s: rng.standard_normal((2, N_LATENT, DIM)).astype(np.float32) for s in ("train", "test")}
+    build(str(tmp_path / "tfds"), "custom", splits, {})
+    assert os.listdir(temp) == []
 
 
 def test_cli_subprocess_build_info_and_no_overwrite(tmp_path, capsys):

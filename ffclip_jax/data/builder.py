@@ -41,6 +41,13 @@ class LatentsConfig(tfds.core.BuilderConfig):
     n_latent: Optional[int] = None
 
 
+class LocalDatasetInfo(tfds.core.DatasetInfo):
+    """TFDS's DatasetInfo for a dataset that exists only where it is built (never on TFDS's GCS bucket)."""
+
+    def initialize_from_bucket(self) -> None:
+        """Nothing to look up: TFDS's own makes a temporary folder before it finds GCS off, and leaves it behind."""
+
+
 class FfclipLatents(QuietPreparation, tfds.core.GeneratorBasedBuilder):
     """Inverted (or synthetic) StyleGAN2 w+ latents for FFCLIP training. Built from arrays given to the constructor
     (`splits={"train": (N, L, D), "test": (M, L, D)}`, validated by `ffclip_jax.data.latents`; `rows` optionally
@@ -79,7 +86,7 @@ class FfclipLatents(QuietPreparation, tfds.core.GeneratorBasedBuilder):
         })
 
     def _info(self) -> tfds.core.DatasetInfo:
-        return tfds.core.DatasetInfo(
+        return LocalDatasetInfo(
             builder=self, description=self.builder_config.description, features=self._features(),
             disable_shuffling=True, metadata=tfds.core.MetadataDict(self._source),
             homepage="https://github.com/kristen-rang/FFCLIP")
