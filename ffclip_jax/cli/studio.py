@@ -69,7 +69,7 @@ def main(argv=None) -> None:
     if args.align and not os.path.isfile(args.align):
         raise InputError(f"--align {args.align}: no such file")
     workdir = tempfile.mkdtemp(prefix="ffclip-studio-")
-    signal.signal(signal.SIGTERM, _interrupt)
+    previous = signal.signal(signal.SIGTERM, _interrupt)
     os.environ["GRADIO_TEMP_DIR"] = os.path.join(workdir, "gradio")  # gradio's own files too (read at its import)
     os.environ["GRADIO_ANALYTICS_ENABLED"] = "False"
     os.environ.setdefault("GRADIO_SERVER_NAME", args.host)
@@ -87,4 +87,5 @@ def main(argv=None) -> None:
                    allowed_paths=[workdir], max_file_size=page.MAX_FILE_SIZE, show_error=True, ssr_mode=False,
                    quiet=True, enable_monitoring=False, mcp_server=False, pwa=False, **options)
     finally:
+        signal.signal(signal.SIGTERM, previous)
         shutil.rmtree(workdir, ignore_errors=True)
