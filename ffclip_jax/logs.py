@@ -56,7 +56,8 @@ def quiet(verbosity: int = -1) -> None:
 
 # what orbax's concurrent array reads leave behind when one read of a damaged checkpoint fails: the others' errors,
 # never retrieved (asyncio logs them when their futures are collected) or raised in coroutines closed unfinished
-FAILED_READ_ECHOES = ("Encountered error while reading array index", "Event loop is closed")
+FAILED_READ_ECHOES = ("Encountered error while reading array index", "OUT_OF_RANGE: Error reading",
+                      "Event loop is closed")
 
 
 class _DropFailedReadEchoes(logging.Filter):
