@@ -2,7 +2,6 @@
 into each test's own folder: building them (IR-SE50 ArcFace and e4e at full width among them) takes half a minute,
 and four test modules use the same ones (seed 0, so the same values either way)."""
 import atexit
-import os
 import shutil
 import tempfile
 
