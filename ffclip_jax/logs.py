@@ -8,14 +8,18 @@ preparing dataset" and its progress bars (nothing is downloaded: our builder gen
 `QuietPreparation`), transformers' Flax deprecation warning, Starlette's deprecation warning on every studio
 request, Gradio's analytics. (Gradio's "set `share=True`" hint is its launch(quiet=True): the studio prints its own
 address line.) When restoring checkpoints (`drop_failed_restore_echoes`): the echoes of a damaged checkpoint's other
-failed reads, which asyncio and tensorstore report when their futures and coroutines finish, at no fixed time (the
-one line naming the damaged checkpoint says what failed).
+failed reads, which asyncio and tensorstore report when their futures and coroutines are collected, at no fixed time
+(the one line naming the damaged checkpoint says what failed).
 """
 from __future__ import annotations
 
+import asyncio
+import inspect
 import logging
 import os
+import re
 import sys
+import traceback
 import warnings
 
 # read by native libraries when they start (XLA/TSL C++ logging: 0 INFO, 1 WARNING, 2 ERROR), so set before jax runs
@@ -54,36 +58,82 @@ def quiet(verbosity: int = -1) -> None:
         warnings.filterwarnings("ignore", message=message, category=category)
 
 
-# what orbax's concurrent array reads leave behind when one read of a damaged checkpoint fails: the others' errors,
-# never retrieved (asyncio logs them when their futures are collected) or raised in coroutines closed unfinished
-FAILED_READ_ECHOES = ("Encountered error while reading array index", "OUT_OF_RANGE: Error reading",
-                      "Event loop is closed")
+# absl's canonical status codes: tensorstore's errors start with one ("OUT_OF_RANGE: Error reading ...")
+STATUS_CODE = re.compile(r"(CANCELLED|UNKNOWN|INVALID_ARGUMENT|DEADLINE_EXCEEDED|NOT_FOUND|ALREADY_EXISTS|"
+                         r"PERMISSION_DENIED|RESOURCE_EXHAUSTED|FAILED_PRECONDITION|ABORTED|OUT_OF_RANGE|"
+                         r"UNIMPLEMENTED|INTERNAL|UNAVAILABLE|DATA_LOSS|UNAUTHENTICATED): ")
 
 
-class _DropFailedReadEchoes(logging.Filter):
+class _ReadEchoes:
+    """Which reports are echoes of a failed checkpoint read: an error raised in orbax's or tensorstore's code, or one
+    tensorstore set on a future (no Python frame, an absl status code); a coroutine of orbax's closed unfinished; an
+    asyncio loop's "closed" error raised where no Python code called (tensorstore's callbacks, from native threads,
+    on the loop orbax has closed)."""
+
+    def __init__(self, packages):
+        self.packages = tuple(os.path.join(os.path.realpath(p), "") for p in packages)
+
+    def _in_packages(self, filename: str) -> bool:
+        return os.path.realpath(filename).startswith(self.packages)
+
+    def raised_in_reads(self, error) -> bool:
+        frames = traceback.extract_tb(getattr(error, "__traceback__", None))
+        if frames:
+            return any(self._in_packages(f.filename) for f in frames)
+        return isinstance(error, Exception) and bool(STATUS_CODE.match(str(error)))
+
+    def from_orbax_coroutine(self, obj) -> bool:
+        return inspect.iscoroutine(obj) and self._in_packages(obj.cr_code.co_filename)
+
+    @staticmethod
+    def callback_on_closed_loop(error) -> bool:
+        frames = traceback.extract_tb(getattr(error, "__traceback__", None))
+        asyncio_dir = os.path.join(os.path.dirname(asyncio.__file__), "")
+        return (isinstance(error, RuntimeError) and str(error) == "Event loop is closed" and bool(frames)
+                and all(f.filename.startswith(asyncio_dir) for f in frames))
+
+    def unraisable(self, u) -> bool:
+        return (self.raised_in_reads(u.exc_value) or self.from_orbax_coroutine(u.object)
+                or self.callback_on_closed_loop(u.exc_value))
+
+
+class _DropNeverRetrievedReads(logging.Filter):
+    """asyncio's "... exception was never retrieved" records of futures and tasks whose error is a read's echo."""
+
+    def __init__(self, echoes: _ReadEchoes):
+        super().__init__()
+        self.echoes = echoes
+
     def filter(self, record: logging.LogRecord) -> bool:
-        text = str(record.msg) % record.args if record.args else str(record.msg)
-        return not ("exception was never retrieved" in text and any(e in text for e in FAILED_READ_ECHOES))
+        error = record.exc_info[1] if record.exc_info else None
+        return not ("exception was never retrieved" in record.getMessage() and error is not None
+                    and self.echoes.raised_in_reads(error))
 
 
 def drop_failed_restore_echoes() -> None:
-    """Called before restoring checkpoints (a damaged one is named in one line by the caller): from then on asyncio's
-    "exception was never retrieved" records, the "Exception ignored in <coroutine>" reports of the other reads of
-    that checkpoint and the "Event loop is closed" errors of tensorstore's callbacks after orbax closed its loop are
-    dropped; every other log record, unraisable exception and uncaught error is shown as before."""
+    """Called before restoring checkpoints (a damaged one is named in one line by the caller). A failed read leaves
+    its concurrent siblings' errors behind, reported when their futures and coroutines are collected, at no fixed
+    time: asyncio's "exception was never retrieved" records, "Exception ignored in <coroutine>" reports and
+    tensorstore's callbacks failing on orbax's closed loop. From then on those are dropped, told apart by where they
+    were raised (orbax's and tensorstore's code, `_ReadEchoes`), not by their wording; every other log record,
+    unraisable exception and uncaught error is shown as before."""
+    import orbax.checkpoint
+    import tensorstore
+
     logger = logging.getLogger("asyncio")
-    if any(isinstance(f, _DropFailedReadEchoes) for f in logger.filters):
+    if any(isinstance(f, _DropNeverRetrievedReads) for f in logger.filters):
         return
-    logger.addFilter(_DropFailedReadEchoes())
+    echoes = _ReadEchoes([os.path.dirname(orbax.checkpoint.__file__), os.path.dirname(tensorstore.__file__)])
+    logger.addFilter(_DropNeverRetrievedReads(echoes))
     shown_unraisable, shown_exception = sys.unraisablehook, sys.excepthook
 
     def unraisable_hook(unraisable):
-        if not any(e in str(unraisable.exc_value) for e in FAILED_READ_ECHOES):
+        if not echoes.unraisable(unraisable):
             shown_unraisable(unraisable)
 
-    def exception_hook(kind, value, traceback):  # callbacks in native threads report through one of the two
-        if not (kind is RuntimeError and str(value) in FAILED_READ_ECHOES):
-            shown_exception(kind, value, traceback)
+    def exception_hook(kind, value, tb):  # a native thread's callback may report through either hook
+        if not echoes.callback_on_closed_loop(value):
+            shown_exception(kind, value, tb)
 
     sys.unraisablehook, sys.excepthook = unraisable_hook, exception_hook
 
