@@ -10,7 +10,7 @@ peak bytes of that step (the "1024 batch 8 fits in 16 GB" target). CPU: 256 px, 
 batch 1, one iteration (a smoke run of every job). Each measurement runs in its own process (the `--one` mode of its
 script) with its own timeout, so a slow or failed one costs only itself, and no process imports both PyTorch and JAX:
 a PyTorch job writes the generator's random weights once (`generator/weights`), the JAX jobs read that file. A job
-still running when the budget ends is stopped, and what did not run is reported as not measured; on SIGTERM or
+still running when the budget ends is stopped (SIGTERM, then SIGKILL), and what did not run is reported as not measured; on SIGTERM or
 Ctrl-C the table of what was measured so far is printed and written. `--dry-run` prints the plan; `--build-only`
 runs every job without timing (networks built, JAX functions traced, nothing compiled).
 
@@ -209,12 +209,19 @@ def _group():
 
 
 def _stop_group(proc):
-    """SIGKILL the job's process group; its (stdout, stderr) so far."""
+    """SIGTERM the job's process group (a job may clean up: bench/studio.py removes its work folder), SIGKILL what
+    is left of it after STOP_GRACE_S; its (stdout, stderr) so far."""
+    out = None
     try:
-        os.killpg(proc.pid, signal.SIGKILL)
-    except ProcessLookupError:  # already gone
+        os.killpg(proc.pid, signal.SIGTERM)
+        out = proc.communicate(timeout=STOP_GRACE_S)
+    except (ProcessLookupError, subprocess.TimeoutExpired):  # already gone / still running
         pass
-    return proc.communicate()
+    try:
+        os.killpg(proc.pid, signal.SIGKILL)  # what ignored SIGTERM, or outlived the job's own process
+    except ProcessLookupError:
+        pass
+    return out if out is not None else proc.communicate()
 
 
 def run_job(job: Job, timeout: float, budget_cut: bool, build_only: bool = False, log=None) -> dict:
@@ -456,6 +463,7 @@ def _summary(r):
 
 
 MIN_START_S = 20  # a job is not started with less of the budget left
+STOP_GRACE_S = 5  # a stopped job's time to exit after SIGTERM, before SIGKILL
 
 
 def run_plan(jobs, deadline, build_only=False, log=None, after=lambda results: None):

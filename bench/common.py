@@ -95,6 +95,22 @@ def run_child(script: str, args) -> dict:
     return json.loads(out.stdout.strip().splitlines()[-1])
 
 
+def run_children(script: str, runs, describe=None) -> list:
+    """`run_child` for each (name, args) of `runs`: the results of those that ran, in order. A failed one is one
+    line `NAME failed: why` on stderr; `describe(name, result)`, if given, is the line printed for each result."""
+    results = []
+    for name, args in runs:
+        try:
+            r = run_child(script, args)
+        except RuntimeError as e:
+            print(f"{name} failed: {e}", file=sys.stderr)
+            continue
+        results.append(r)
+        if describe is not None:
+            print(describe(name, r), flush=True)
+    return results
+
+
 def hardware() -> dict:
     import jax
 

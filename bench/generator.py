@@ -138,20 +138,15 @@ def main():
                 common.run_child(__file__, ["--size", args.size, "--write-weights", weights])
         except RuntimeError as e:
             sys.exit(f"error: writing the reference's weights: {e}")
-        results = []
-        for fw, form, mode in configs:
-            try:
-                r = common.run_child(__file__, ["--size", args.size, "--batch", args.batch, "--iters", args.iters,
-                                                "--torch-device", args.torch_device, "--weights", weights,
-                                                "--one", f"{fw}:{form}:{mode}"]
-                                     + (["--build-only"] if args.build_only else []))
-            except RuntimeError as e:
-                print(f"{fw}/{form}/{mode} failed: {e}", file=sys.stderr)
-                continue
-            results.append(r)
-            if not args.build_only:
-                print(f"  {fw:5s} {form:13s} {mode:8s} {r['images_per_s']:8.3f} img/s  "
-                      f"peak {r['peak_bytes'] / 2**20:8.0f} MiB", flush=True)
+        runs = [(f"{fw}/{form}/{mode}", ["--size", args.size, "--batch", args.batch, "--iters", args.iters,
+                                          "--torch-device", args.torch_device, "--weights", weights,
+                                          "--one", f"{fw}:{form}:{mode}"] + (["--build-only"] if args.build_only else []))
+                for fw, form, mode in configs]
+
+        def describe(name, r):
+            return (f"  {r['framework']:5s} {r['form']:13s} {r['mode']:8s} {r['images_per_s']:8.3f} img/s  "
+                    f"peak {r['peak_bytes'] / 2**20:8.0f} MiB")
+        results = common.run_children(__file__, runs, None if args.build_only else describe)
     if args.build_only:
         print(f"built {len(results)} of {len(configs)} configurations")
         return

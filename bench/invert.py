@@ -20,7 +20,6 @@ CPU, 'every local device' is one device: XLA already spreads it over the cores, 
 import argparse
 import json
 import os
-import sys
 import time
 
 import common
@@ -162,24 +161,17 @@ def main():
         print(json.dumps(run_one(args.one, args.size, args.input_size, args.batch, args.iters, args.torch_device,
                                  args.build_only, args.refine_steps)))
         return
-    results = []
     stages = args.stages.split(",")
     ones = (["torch", "jax:1", "jax:all"] if "e4e" in stages else []) + [
         f"jax:{n}:{stage}" for stage in REFINE_STEPS if stage in stages for n in ("1", "all")]
-    for one in ones:
-        try:
-            r = common.run_child(__file__, ["--size", args.size, "--input-size", args.input_size, "--batch",
-                                            args.batch, "--iters", args.iters, "--torch-device", args.torch_device,
-                                            "--refine-steps", args.refine_steps, "--one", one]
-                                 + (["--build-only"] if args.build_only else []))
-        except RuntimeError as e:
-            print(f"{one} failed: {e}", file=sys.stderr)
-            continue
-        results.append(r)
-        if not args.build_only:
-            print(f"  {one:11s} {r['devices']} device(s) {r['images_per_s']:8.3f} img/s "
-                  f"({r['images_per_s_per_device']:.3f} per device), peak {r['peak_bytes'] / 2**20:.0f} MiB",
-                  flush=True)
+    runs = [(one, ["--size", args.size, "--input-size", args.input_size, "--batch", args.batch, "--iters",
+                   args.iters, "--torch-device", args.torch_device, "--refine-steps", args.refine_steps, "--one", one]
+             + (["--build-only"] if args.build_only else [])) for one in ones]
+
+    def describe(one, r):
+        return (f"  {one:11s} {r['devices']} device(s) {r['images_per_s']:8.3f} img/s "
+                f"({r['images_per_s_per_device']:.3f} per device), peak {r['peak_bytes'] / 2**20:.0f} MiB")
+    results = common.run_children(__file__, runs, None if args.build_only else describe)
     if args.build_only:
         print(f"built {len(results)} of {len(ones)} configurations")
         return

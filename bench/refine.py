@@ -195,21 +195,17 @@ def main():
         configs.append(("torch", stage, "-", "-"))
         configs += [("jax", stage, b, loop) for b in (args.jax_batchings.split(",") if stage == "pti" else ["vmap"])
                     for loop in args.jax_loops.split(",")]
-    results = []
     with tempfile.TemporaryDirectory() as tmp:
         weights = os.path.join(tmp, "weights.npz")
         common.run_child(__file__, ["--size", args.size, "--make-weights", weights])
-        for fw, stage, batching, loop in configs:
-            try:
-                r = common.run_child(__file__, ["--size", args.size, "--batch", args.batch, "--iters", args.iters,
-                                                "--torch-device", args.torch_device, "--weights", weights,
-                                                "--one", f"{fw}:{stage}:{batching}:{loop}"])
-            except RuntimeError as e:
-                print(f"{fw}/{stage}/{batching}/{loop} failed: {e}", file=sys.stderr)
-                continue
-            results.append(r)
-            print(f"  {fw:5s} {stage:6s} {batching:4s} {loop:8s} {r['image_steps_per_s']:8.4f} image-steps/s  "
-                  f"peak {r['peak_bytes'] / 2**20:8.0f} MiB", flush=True)
+        runs = [("/".join(c), ["--size", args.size, "--batch", args.batch, "--iters", args.iters, "--torch-device",
+                               args.torch_device, "--weights", weights, "--one", ":".join(c)]) for c in configs]
+
+        def describe(name, r):
+            fw, stage, batching, loop = name.split("/")
+            return (f"  {fw:5s} {stage:6s} {batching:4s} {loop:8s} {r['image_steps_per_s']:8.4f} image-steps/s  "
+                    f"peak {r['peak_bytes'] / 2**20:8.0f} MiB")
+        results = common.run_children(__file__, runs, describe)
     hardware = common.hardware()
     accel = hardware["jax_device"].lower() != "cpu"
     target = TARGETS["gpu" if accel else "cpu"]

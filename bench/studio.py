@@ -19,6 +19,7 @@ import importlib.util
 import json
 import os
 import shutil
+import signal
 import socket
 import subprocess
 import sys
@@ -261,6 +262,7 @@ def main():
     logs.quiet()  # as the tools: no transformers Flax deprecation line, no INFO logs
     if not args.device:
         os.environ["JAX_PLATFORMS"] = "cpu"
+    signal.signal(signal.SIGTERM, lambda *_: sys.exit(128 + signal.SIGTERM))  # stopped: the work folder goes too
     work = tempfile.mkdtemp(prefix="bench-studio-")
     tempfile.tempdir = work  # gradio_client leaves an empty folder in the temp dir per file it downloads: here
     try:

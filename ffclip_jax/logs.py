@@ -66,24 +66,24 @@ STATUS_CODE = re.compile(r"(CANCELLED|UNKNOWN|INVALID_ARGUMENT|DEADLINE_EXCEEDED
 
 class _ReadEchoes:
     """Which reports are echoes of a failed checkpoint read: an error raised in orbax's or tensorstore's code, or one
-    tensorstore set on a future (no Python frame, an absl status code); a coroutine of orbax's closed unfinished; an
-    asyncio loop's "closed" error raised where no Python code called (tensorstore's callbacks, from native threads,
-    on the loop orbax has closed)."""
+    tensorstore set on a future (no Python frame, an absl status code); a coroutine of theirs closed unfinished or
+    never awaited; an asyncio loop's "closed" error raised where no Python code called (tensorstore's callbacks,
+    from native threads, on the loop orbax has closed)."""
 
     def __init__(self, packages):
         self.packages = tuple(os.path.join(os.path.realpath(p), "") for p in packages)
 
-    def _in_packages(self, filename: str) -> bool:
+    def in_packages(self, filename: str) -> bool:
         return os.path.realpath(filename).startswith(self.packages)
 
     def raised_in_reads(self, error) -> bool:
         frames = traceback.extract_tb(getattr(error, "__traceback__", None))
         if frames:
-            return any(self._in_packages(f.filename) for f in frames)
+            return any(self.in_packages(f.filename) for f in frames)
         return isinstance(error, Exception) and bool(STATUS_CODE.match(str(error)))
 
-    def from_orbax_coroutine(self, obj) -> bool:
-        return inspect.iscoroutine(obj) and self._in_packages(obj.cr_code.co_filename)
+    def coroutine_of_reads(self, obj) -> bool:
+        return inspect.iscoroutine(obj) and self.in_packages(obj.cr_code.co_filename)
 
     @staticmethod
     def callback_on_closed_loop(error) -> bool:
@@ -93,39 +93,43 @@ class _ReadEchoes:
                 and all(f.filename.startswith(asyncio_dir) for f in frames))
 
     def unraisable(self, u) -> bool:
-        return (self.raised_in_reads(u.exc_value) or self.from_orbax_coroutine(u.object)
+        return (self.raised_in_reads(u.exc_value) or self.coroutine_of_reads(u.object)
                 or self.callback_on_closed_loop(u.exc_value))
 
 
-class _DropNeverRetrievedReads(logging.Filter):
-    """asyncio's "... exception was never retrieved" records of futures and tasks whose error is a read's echo."""
+class _DropReadEchoRecords(logging.Filter):
+    """asyncio's records of a read's echo: an error of futures, tasks and callbacks raised in the reads (never
+    retrieved), or a task of theirs destroyed pending (its coroutine "running at" or "defined at" a file of theirs)."""
 
     def __init__(self, echoes: _ReadEchoes):
         super().__init__()
         self.echoes = echoes
 
     def filter(self, record: logging.LogRecord) -> bool:
-        error = record.exc_info[1] if record.exc_info else None
-        return not ("exception was never retrieved" in record.getMessage() and error is not None
-                    and self.echoes.raised_in_reads(error))
+        if record.exc_info and record.exc_info[1] is not None:
+            return not self.echoes.raised_in_reads(record.exc_info[1])
+        running = re.search(r"coro=<.*? (?:running|defined) at (.+?):\d+>", record.getMessage())
+        return not (record.getMessage().startswith("Task was destroyed but it is pending") and running
+                    and self.echoes.in_packages(running.group(1)))
 
 
 def drop_failed_restore_echoes() -> None:
     """Called before restoring checkpoints (a damaged one is named in one line by the caller). A failed read leaves
     its concurrent siblings' errors behind, reported when their futures and coroutines are collected, at no fixed
-    time: asyncio's "exception was never retrieved" records, "Exception ignored in <coroutine>" reports and
-    tensorstore's callbacks failing on orbax's closed loop. From then on those are dropped, told apart by where they
-    were raised (orbax's and tensorstore's code, `_ReadEchoes`), not by their wording; every other log record,
-    unraisable exception and uncaught error is shown as before."""
+    time: asyncio's "exception was never retrieved" and "Task was destroyed but it is pending" records, "Exception
+    ignored in <coroutine>" reports, "coroutine ... was never awaited" warnings, tensorstore's callbacks failing on
+    orbax's closed loop. From then on those are
+    dropped, told apart by where they were raised (orbax's and tensorstore's code: `_ReadEchoes`), not by their
+    wording; every other log record, unraisable exception, uncaught error and warning is shown as before."""
     import orbax.checkpoint
     import tensorstore
 
     logger = logging.getLogger("asyncio")
-    if any(isinstance(f, _DropNeverRetrievedReads) for f in logger.filters):
+    if any(isinstance(f, _DropReadEchoRecords) for f in logger.filters):
         return
     echoes = _ReadEchoes([os.path.dirname(orbax.checkpoint.__file__), os.path.dirname(tensorstore.__file__)])
-    logger.addFilter(_DropNeverRetrievedReads(echoes))
-    shown_unraisable, shown_exception = sys.unraisablehook, sys.excepthook
+    logger.addFilter(_DropReadEchoRecords(echoes))
+    shown_unraisable, shown_exception, shown_warning = sys.unraisablehook, sys.excepthook, warnings._showwarnmsg
 
     def unraisable_hook(unraisable):
         if not echoes.unraisable(unraisable):
@@ -135,7 +139,11 @@ def drop_failed_restore_echoes() -> None:
         if not echoes.callback_on_closed_loop(value):
             shown_exception(kind, value, tb)
 
-    sys.unraisablehook, sys.excepthook = unraisable_hook, exception_hook
+    def warning_hook(message):  # the warnings module's hook ("replace if you like"), given the warning's source
+        if not (issubclass(message.category, RuntimeWarning) and echoes.coroutine_of_reads(message.source)):
+            shown_warning(message)
+
+    sys.unraisablehook, sys.excepthook, warnings._showwarnmsg = unraisable_hook, exception_hook, warning_hook
 
 
 def set_verbosity(verbosity: int) -> None:

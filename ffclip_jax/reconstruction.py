@@ -36,7 +36,7 @@ from ffclip_jax.errors import CheckpointError, InputError
 from ffclip_jax.fileio import atomic_output_dir
 from ffclip_jax.nn import image_ops
 from ffclip_jax.pipeline import encoder_input, none_readable, to_unit_range
-from ffclip_jax.report import format_stats, json_values, pyplot, summary_stats
+from ffclip_jax.report import format_stats, json_values, label_scatter, pyplot, save_figure, summary_stats
 from ffclip_jax.weights import pretrained, registry
 from ffclip_jax.weights.manifest import WeightsDir
 
@@ -428,9 +428,7 @@ def _bars(path: str, report: Mapping[str, Any]) -> None:
         ax.set_title(LABELS[m], fontsize=9)
         ax.grid(axis="y", alpha=0.3)
     fig.suptitle(f"Reconstruction of {len(report['photos'])} photos (mean ± std)", fontsize=10)
-    fig.tight_layout()
-    fig.savefig(path, dpi=110)
-    plt.close(fig)
+    save_figure(fig, path)
 
 
 def _edit_scatter(path: str, report: Mapping[str, Any]) -> None:
@@ -444,14 +442,8 @@ def _edit_scatter(path: str, report: Mapping[str, Any]) -> None:
         ax.scatter(x, y, s=10, alpha=0.4, color=color, label=f"{report['labels'][k]} (per edit)")
         ax.scatter([np.nanmean(x)], [np.nanmean(y)], s=60, color=color, edgecolor="black",
                    label=f"{report['labels'][k]} (mean)")
-    ax.ticklabel_format(useOffset=False)
-    ax.set_xlabel("identity of the edit with the photo (ArcFace cosine)")
-    ax.set_ylabel("Δ CLIP score (edit - reconstruction)")
-    ax.grid(alpha=0.3)
-    ax.legend(fontsize=8)
-    fig.tight_layout()
-    fig.savefig(path, dpi=110)
-    plt.close(fig)
+    label_scatter(ax, "identity of the edit with the photo (ArcFace cosine)", "Δ CLIP score (edit - reconstruction)")
+    save_figure(fig, path)
 
 
 def write_report(output: str, report: Mapping[str, Any], *, overwrite: bool = False) -> List[str]:

@@ -115,6 +115,22 @@ def pyplot():
     return plt
 
 
+def save_figure(fig, path: str) -> None:
+    """Lay out, write as PNG (110 dpi) and close a pyplot figure."""
+    fig.tight_layout()
+    fig.savefig(path, dpi=110)
+    pyplot().close(fig)
+
+
+def label_scatter(ax, xlabel: str, ylabel: str) -> None:
+    """A scatter plot's axes: labels, plain tick values (no offset), a light grid and the legend."""
+    ax.ticklabel_format(useOffset=False)
+    ax.set_xlabel(xlabel)
+    ax.set_ylabel(ylabel)
+    ax.grid(alpha=0.3)
+    ax.legend(fontsize=8)
+
+
 def _bars(path: str, report: Mapping[str, Any]) -> None:
     plt = pyplot()
 
@@ -138,9 +154,7 @@ def _bars(path: str, report: Mapping[str, Any]) -> None:
     axes[0][0].set_yticklabels(names, fontsize=7)
     axes[0][0].invert_yaxis()
     fig.suptitle("Per-prompt means ± std (◆ = composition)", fontsize=10)
-    fig.tight_layout()
-    fig.savefig(path, dpi=110)
-    plt.close(fig)
+    save_figure(fig, path)
 
 
 def scatter_name(report: Mapping[str, Any]) -> str:
@@ -161,14 +175,8 @@ def _scatter(path: str, report: Mapping[str, Any], results: Mapping[str, np.ndar
                    label=f"{kind} (per example)")
         ax.scatter(np.nanmean(results[preserve][sel], axis=1), np.nanmean(results["clip_score"][sel], axis=1), s=40,
                    color=color, edgecolor="black", label=f"{kind} (prompt mean)")
-    ax.ticklabel_format(useOffset=False)
-    ax.set_xlabel(LABELS[preserve] + " (source vs edit)")
-    ax.set_ylabel("CLIP score of the edit with its prompt")
-    ax.grid(alpha=0.3)
-    ax.legend(fontsize=8)
-    fig.tight_layout()
-    fig.savefig(path, dpi=110)
-    plt.close(fig)
+    label_scatter(ax, LABELS[preserve] + " (source vs edit)", "CLIP score of the edit with its prompt")
+    save_figure(fig, path)
 
 
 def write_report(output: str, report: Mapping[str, Any], results: Mapping[str, np.ndarray], *,

@@ -248,19 +248,26 @@ def write_script(path, body):
 
 def test_budget_end_stops_the_running_job_and_keeps_what_was_measured(tmp_path, monkeypatch):
     """run_plan under a budget: a finished job keeps its numbers, the one running when the budget ends is stopped
-    with everything it started, the rest are not run."""
+    with everything it started (SIGTERM first: it cleans up; SIGKILL for what ignores it), the rest are not run."""
     mod = load_all()
     monkeypatch.setattr(mod, "MIN_START_S", 3)
+    monkeypatch.setattr(mod, "STOP_GRACE_S", 2)
     quick = write_script(tmp_path / "quick.py", """
         import json
         print(json.dumps(dict(images_per_s=2.0, peak_bytes=1)))
     """)
-    pidfile = tmp_path / "grandchild.pid"
+    pidfile, work = tmp_path / "grandchild.pid", tmp_path / "work"
+    work.mkdir()
+    ignores_sigterm = "import signal, time; signal.signal(signal.SIGTERM, signal.SIG_IGN); time.sleep(600)"
     slow = write_script(tmp_path / "slow.py", f"""
-        import subprocess, sys, time
-        p = subprocess.Popen([sys.executable, "-c", "import time; time.sleep(600)"])
+        import shutil, signal, subprocess, sys, time
+        signal.signal(signal.SIGTERM, lambda *_: sys.exit(143))
+        p = subprocess.Popen([sys.executable, "-c", {ignores_sigterm!r}])
         open({str(pidfile)!r}, "w").write(str(p.pid))
-        time.sleep(600)
+        try:
+            time.sleep(600)
+        finally:
+            shutil.rmtree({str(work)!r})
     """)
     jobs = [mod.Job("a", quick, [], 600), mod.Job("b", slow, [], 600), mod.Job("c", quick, [], 600),
             mod.Job("d", quick, [], 600, needs="b")]
@@ -273,6 +280,7 @@ def test_budget_end_stops_the_running_job_and_keeps_what_was_measured(tmp_path, 
     assert results["c"]["error"] == "not run: the budget was spent"
     assert results["d"]["error"] == "not run: b failed"
     assert seen[0] == ["a"] and len(seen) == 4  # the files are rewritten after every job
+    assert not work.exists()  # the job's own clean-up ran
     grandchild = int(pidfile.read_text())
     with pytest.raises(ProcessLookupError):  # stopped with the job's process group
         for _ in range(50):

@@ -517,22 +517,42 @@ def test_failed_restore_echoes_dropped(tmp_path):
     assert out.stderr == ""
 
 
-def test_only_failed_read_echoes_dropped(monkeypatch):
-    """What is not an echo of a checkpoint read is shown as before: errors raised in other code, whatever their
-    wording; a closed loop's error where Python code scheduled the callback; records that are not never-retrieved
-    futures. A tensorstore error set on a future (no frame, an absl status code) is an echo."""
+def test_only_failed_read_echoes_dropped(monkeypatch, caplog):
+    """Echoes are told apart by where they come from, not by their wording: an error raised in orbax's code, or one
+    tensorstore set on a future (no frame, an absl status code), an orbax coroutine closed unfinished, never awaited
+    or destroyed pending, a closed loop's error where no Python code scheduled the callback. The same words from
+    anywhere else, and every other report, are shown as before."""
     import asyncio
+    import gc
+    import warnings
+
+    import orbax.checkpoint
 
     shown = []
     monkeypatch.setattr(sys, "unraisablehook", lambda u: shown.append(str(u.exc_value)))
     monkeypatch.setattr(sys, "excepthook", lambda kind, value, tb: shown.append(str(value)))
+    monkeypatch.setattr(warnings, "_showwarnmsg", lambda m: shown.append(str(m.message)))
     monkeypatch.setattr(logging.getLogger("asyncio"), "filters", [])
     logs.drop_failed_restore_echoes()
     logs.drop_failed_restore_echoes()  # once only: the hooks are not wrapped twice
 
-    def raised(error):
+    def code_in(directory, read):  # a function and a coroutine function `read` whose code lives in `directory`
+        namespace = {}
+        exec(compile(f"def raise_(e):\n    raise e\nasync def {read}(wait=None):\n    await wait\n",
+                     os.path.join(directory, "reads.py"), "exec"), namespace)
+        return dict(raise_=namespace["raise_"], read=namespace[read])
+
+    def destroyed_pending(where):  # a task left waiting on a loop that is closed, then collected: asyncio logs it
+        loop = asyncio.new_event_loop()
+        task = loop.create_task(where["read"](loop.create_future()))
+        loop.run_until_complete(asyncio.sleep(0))
+        loop.close()
+        del task
+        gc.collect()
+
+    def raised(error, where):
         try:
-            raise error
+            where["raise_"](error)
         except BaseException as e:
             return e
 
@@ -544,28 +564,43 @@ def test_only_failed_read_echoes_dropped(monkeypatch):
         return logging.LogRecord("asyncio", logging.ERROR, __file__, 1, "Future exception was never retrieved\n"
                                  "future: %r", (error,), (type(error), error, error.__traceback__))
 
+    def never_awaited(where):
+        where["read"]()  # a coroutine object dropped at once
+        gc.collect()
+
+    orbax_code = code_in(os.path.dirname(orbax.checkpoint.__file__), "read")
+    other_code = code_in(os.path.dirname(__file__), "other_read")  # another name: warnings show a text once a place
     loop = asyncio.new_event_loop()
     loop.close()
-    raised_where_python_called = None
+    python_called = None
     try:
         loop.call_soon_threadsafe(print)
     except RuntimeError as e:
-        raised_where_python_called = e
-    assert str(raised_where_python_called) == "Event loop is closed"
-    tensorstore_error = ValueError('OUT_OF_RANGE: Error reading "p21/0.0" in OCDBT database')
+        python_called = e
+    assert str(python_called) == "Event loop is closed"
     asyncio_log = logging.getLogger("asyncio")
-    assert not asyncio_log.filter(never_retrieved(tensorstore_error))
-    sys.unraisablehook(unraisable(tensorstore_error))
-    assert shown == []
-    for error in (raised(ValueError("Encountered error while reading array index")),
-                  raised(RuntimeError("Event loop is closed")), raised_where_python_called,
+    for echo in (raised(ValueError("Encountered error while reading array index"), orbax_code),
+                 ValueError('OUT_OF_RANGE: Error reading "p21/0.0" in OCDBT database')):
+        assert not asyncio_log.filter(never_retrieved(echo))
+        sys.unraisablehook(unraisable(echo))
+    sys.unraisablehook(unraisable(RuntimeError("coroutine ignored GeneratorExit"), orbax_code["read"]()))
+    never_awaited(orbax_code)
+    with caplog.at_level(logging.ERROR, logger="asyncio"):
+        destroyed_pending(orbax_code)
+        assert shown == [] and caplog.records == []
+        destroyed_pending(other_code)
+        assert [r.getMessage().splitlines()[0] for r in caplog.records] == ["Task was destroyed but it is pending!"]
+    for error in (raised(ValueError("Encountered error while reading array index"), other_code),
+                  raised(RuntimeError("Event loop is closed"), other_code), python_called,
                   ValueError("no status code")):
         assert asyncio_log.filter(never_retrieved(error))
         sys.unraisablehook(unraisable(error))
         sys.excepthook(type(error), error, error.__traceback__)
     assert len(shown) == 8
+    never_awaited(other_code)
+    assert shown[8:] == ["coroutine 'other_read' was never awaited"]
     other = logging.LogRecord("asyncio", logging.ERROR, __file__, 1, "Task was destroyed but it is pending!", (),
-                              (ValueError, tensorstore_error, None))
+                              None)
     assert asyncio_log.filter(other)
 
 
