@@ -1,6 +1,7 @@
 """Shared layers against the PyTorch reference ops (upfirdn2d over a grid of up/down/pad cases, blur/up/downsample,
 modulated conv in both forms), and the safe checkpoint reader with and without torch."""
 import argparse
+import functools
 import os
 import pickle
 import zipfile
@@ -94,6 +95,31 @@ def test_modulated_conv_forms_match_reference(upsample, demodulate, k):
         for (path, a), b, t in zip(jax.tree_util.tree_flatten_with_path(grads)[0], jax.tree.leaves(torch_grads),
                                    jax.tree.leaves(true_grads)):
             assert_float32_parity(a, b, t, f"{form} d/d{jax.tree_util.keystr(path)}")
+
+
+@pytest.mark.parametrize("k,groups", [(1, 1), (2, 1), (3, 1), (3, 2), (4, 2)])  # 3: StyleGAN2's, 2: the parsing UNet's
+def test_transposed_conv_derivatives(k, groups):
+    """The transposed conv (on CPU: the dilated conv with its kernel derivative taken as matrix products) against the
+    plain dilated conv, in float64: output, both gradients (reverse mode), the tangent (forward mode), under vmap.
+    The same products summed in another order: float64 sums of at most k*k*C terms, within 1e-12 of each result's
+    scale."""
+    rs = np.random.RandomState(k * 10 + groups)
+
+    def results(conv, x, kernel, dx, dk, r):  # output, under vmap, forward-mode tangent, both gradients
+        return (conv(x, kernel), jax.vmap(lambda xi: conv(xi[None], kernel)[0])(x),
+                jax.jvp(conv, (x, kernel), (dx, dk))[1], *jax.grad(lambda *a: jnp.sum(conv(*a) * r), (0, 1))(x, kernel))
+    ours = jax.jit(functools.partial(results, functools.partial(layers.conv_transpose2d_stride2, groups=groups)))
+    plain = jax.jit(functools.partial(results, functools.partial(layers._transposed_by_dilation, groups=groups)))
+    with jax.enable_x64(True):
+        for h, w in ((1, 1), (3, 4)):
+            x, kernel = rs.randn(2, h, w, 4 * groups), rs.randn(k, k, 4, 3 * groups)
+            r = rs.randn(2, 2 * h + k - 2, 2 * w + k - 2, 3 * groups)
+            args = (x, kernel, rs.randn(*x.shape), rs.randn(*kernel.shape), r)
+            expected = plain(*args)
+            assert expected[0].shape == r.shape  # PyTorch's output size: (H - 1) * 2 + k
+            for a, b in zip(ours(*args), expected):
+                scale = max(float(jnp.max(jnp.abs(b))), 1.0)
+                assert a.shape == b.shape and float(jnp.max(jnp.abs(a - b))) <= 1e-12 * scale, (h, w)
 
 
 def test_downsampling_modulated_conv_forms_agree():
