@@ -118,9 +118,9 @@ def drop_failed_restore_echoes() -> None:
     its concurrent siblings' errors behind, reported when their futures and coroutines are collected, at no fixed
     time: asyncio's "exception was never retrieved" and "Task was destroyed but it is pending" records, "Exception
     ignored in <coroutine>" reports, "coroutine ... was never awaited" warnings, tensorstore's callbacks failing on
-    orbax's closed loop. From then on those are
-    dropped, told apart by where they were raised (orbax's and tensorstore's code: `_ReadEchoes`), not by their
-    wording; every other log record, unraisable exception, uncaught error and warning is shown as before."""
+    orbax's closed loop. From then on those are dropped, told apart by where they were raised (orbax's and
+    tensorstore's code: `_ReadEchoes`), not by their wording; every other log record, unraisable exception, uncaught
+    error and warning is shown as before."""
     import orbax.checkpoint
     import tensorstore
 

@@ -241,12 +241,10 @@ def _transposed_matmul_kernel_tangent(x, kernel, groups):
 def _transposed_jvp(groups, primals, tangents):
     (x, kernel), (dx, dkernel) = primals, tangents
     out = _transposed_by_dilation(x, kernel, groups)
-    tangent = jnp.zeros_like(out)
-    if not isinstance(dx, jax.custom_derivatives.SymbolicZero):
-        tangent = tangent + _transposed_by_dilation(dx, kernel, groups)
-    if not isinstance(dkernel, jax.custom_derivatives.SymbolicZero):
-        tangent = tangent + _kernel_tangent_by_phases(x, dkernel, groups)
-    return out, tangent
+    zero = jax.custom_derivatives.SymbolicZero
+    parts = ([] if isinstance(dx, zero) else [_transposed_by_dilation(dx, kernel, groups)]) + (
+        [] if isinstance(dkernel, zero) else [_kernel_tangent_by_phases(x, dkernel, groups)])
+    return out, sum(parts[1:], parts[0]) if parts else jnp.zeros_like(out)
 
 
 def _phase_taps(n: int, k: int, r: int):
