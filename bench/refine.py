@@ -202,9 +202,8 @@ def main():
                                args.torch_device, "--weights", weights, "--one", ":".join(c)]) for c in configs]
 
         def describe(name, r):
-            fw, stage, batching, loop = name.split("/")
-            return (f"  {fw:5s} {stage:6s} {batching:4s} {loop:8s} {r['image_steps_per_s']:8.4f} image-steps/s  "
-                    f"peak {r['peak_bytes'] / 2**20:8.0f} MiB")
+            return (f"  {r['framework']:5s} {r['stage']:6s} {r['batching']:4s} {r['loop']:8s} "
+                    f"{r['image_steps_per_s']:8.4f} image-steps/s  peak {r['peak_bytes'] / 2**20:8.0f} MiB")
         results = common.run_children(__file__, runs, describe)
     hardware = common.hardware()
     accel = hardware["jax_device"].lower() != "cpu"

@@ -62,6 +62,7 @@ def quiet(verbosity: int = -1) -> None:
 STATUS_CODE = re.compile(r"(CANCELLED|UNKNOWN|INVALID_ARGUMENT|DEADLINE_EXCEEDED|NOT_FOUND|ALREADY_EXISTS|"
                          r"PERMISSION_DENIED|RESOURCE_EXHAUSTED|FAILED_PRECONDITION|ABORTED|OUT_OF_RANGE|"
                          r"UNIMPLEMENTED|INTERNAL|UNAVAILABLE|DATA_LOSS|UNAUTHENTICATED): ")
+ASYNCIO_DIR = os.path.join(os.path.dirname(asyncio.__file__), "")  # frames only here: no Python code called
 
 
 class _ReadEchoes:
@@ -88,9 +89,8 @@ class _ReadEchoes:
     @staticmethod
     def callback_on_closed_loop(error) -> bool:
         frames = traceback.extract_tb(getattr(error, "__traceback__", None))
-        asyncio_dir = os.path.join(os.path.dirname(asyncio.__file__), "")
         return (isinstance(error, RuntimeError) and str(error) == "Event loop is closed" and bool(frames)
-                and all(f.filename.startswith(asyncio_dir) for f in frames))
+                and all(f.filename.startswith(ASYNCIO_DIR) for f in frames))
 
     def unraisable(self, u) -> bool:
         return (self.raised_in_reads(u.exc_value) or self.coroutine_of_reads(u.object)
@@ -108,8 +108,9 @@ class _DropReadEchoRecords(logging.Filter):
     def filter(self, record: logging.LogRecord) -> bool:
         if record.exc_info and record.exc_info[1] is not None:
             return not self.echoes.raised_in_reads(record.exc_info[1])
-        running = re.search(r"coro=<.*? (?:running|defined) at (.+?):\d+>", record.getMessage())
-        return not (record.getMessage().startswith("Task was destroyed but it is pending") and running
+        message = record.getMessage()
+        running = re.search(r"coro=<.*? (?:running|defined) at (.+?):\d+>", message)
+        return not (message.startswith("Task was destroyed but it is pending") and running
                     and self.echoes.in_packages(running.group(1)))
 
 
